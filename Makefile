@@ -1,0 +1,33 @@
+# The two quick-start commands (README): `make demo` and `make test`.
+# Both create the project's own virtual environment from files in this repository.
+PYTHON ?= python3
+VENV   ?= .venv
+PIP    := $(VENV)/bin/pip
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.edgekit-installed
+
+.PHONY: demo test venv clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade "pip>=23"
+	# torch first, alone: pip then takes the pinned CPU wheel instead of resolving a CUDA build.
+	$(PIP) install --quiet -c constraints.txt torch==2.13.0
+	$(PIP) install --quiet -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## Run the main job end to end on the bundled default model and sample image.
+demo: $(STAMP)
+	$(PY) examples/quickstart.py --out runs/quickstart
+
+## Run the test suite (what CI runs).
+# pytest exits 5 when it collected nothing: that is a failure, said out loud.
+test: $(STAMP)
+	@$(VENV)/bin/pytest -n 2 --dist loadfile -q $(PYTEST_ARGS); status=$$?; \
+	if [ $$status -eq 5 ]; then echo "make test: pytest collected no tests (exit 5)" >&2; fi; \
+	exit $$status
+
+clean:
+	rm -rf $(VENV) runs build dist *.egg-info

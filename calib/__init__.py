@@ -1,0 +1,1 @@
+"""edgekit.calib: INT8 calibration, the QuantRecipe and QDQ insertion."""

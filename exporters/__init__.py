@@ -1,0 +1,1 @@
+"""edgekit.exporters: one module per target family, registered by target name."""
