@@ -17,33 +17,16 @@ The board SDK imports this module: it must never import torch.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from enum import Enum
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from edgekit.data.errors import PreprocessError
+# One definition of the pre-processing vocabulary: the manifest's input spec (standard
+# library only, so bundles read anywhere) owns it; Preprocess executes it.
 from edgekit.data.image_io import array_to_rgb, to_rgb
-
-IMAGENET_MEAN = (123.675, 116.28, 103.53)  # RGB, pixel units: torchvision's (0.485, 0.456, 0.406) * 255
-IMAGENET_STD = (58.395, 57.12, 57.375)
-
-
-class ResizeMode(str, Enum):
-    """How an image of any size is fitted to the model's input size."""
-
-    STRETCH = "stretch"
-    LETTERBOX = "letterbox"
-    SHORTER_SIDE_CROP = "shorter-side-crop"
-
-
-class ChannelOrder(str, Enum):
-    """Channel order of the model's input tensor (and of numpy images handed in)."""
-
-    RGB = "rgb"
-    BGR = "bgr"
-
+from edgekit.inputspec import IMAGENET_MEAN, IMAGENET_STD, ChannelOrder, InputSpec, ResizeMode
 
 @dataclass(frozen=True)
 class ImageMeta:
@@ -134,6 +117,12 @@ class Preprocess:
         out["channel_order"] = self.channel_order.value
         out["resize"] = self.resize.value
         return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+
+    @classmethod
+    def from_input_spec(cls, spec: InputSpec) -> Preprocess:
+        """The pre-processing a bundle's manifest declares for its image input."""
+        return cls(imgsz=spec.imgsz, mean=spec.mean, std=spec.std, channel_order=spec.channel_order,
+                   resize=spec.resize, pad_value=int(round(spec.pad_value)), crop_pct=spec.crop_fraction)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Preprocess:
