@@ -115,6 +115,8 @@ class GraphPlan:
         postprocess: how the SDK turns outputs into a result.
         num_classes: number of classes the outputs cover.
         node_counts: role -> (nodes as exported, nodes after the passes).
+        modules: role -> eval-mode torch module each graph was traced from.
+        examples: role -> the example inputs it was traced with.
     """
 
     graphs: dict[str, onnx.ModelProto]
@@ -123,6 +125,8 @@ class GraphPlan:
     postprocess: PostProcess
     num_classes: int
     node_counts: dict[str, tuple[int, int]] = field(default_factory=dict)
+    modules: dict[str, nn.Module] = field(default_factory=dict)
+    examples: dict[str, tuple[Any, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -177,7 +181,7 @@ def export(
     Returns:
         The bundle path, its manifest, the graph pass log and node counts.
     """
-    from edgekit.exporters.registry import get_target
+    from edgekit.exporters.registry import ExportJob, get_target
 
     opts = _merge(options or ExportOptions(), overrides)
     tgt = get_target(target)
@@ -195,7 +199,8 @@ def export(
             raise ExportError(f"{len(labels)} labels given but the model outputs {plan.num_classes} classes.")
         for role, graph in plan.graphs.items():
             _stamp_metadata(graph, source, spec, labels, role)
-        files = tgt.export(plan.graphs, tmp)
+        files = tgt.export(ExportJob(graphs=plan.graphs, input_spec=spec, modules=plan.modules,
+                                     examples=plan.examples), tmp)
         write_json(plan.passes, tmp / PASSES_NAME)
         manifest = Manifest(model=source.name, task=source.task, target=target, input=spec, outputs=plan.outputs,
                             graphs=tuple(files), postprocess=plan.postprocess, labels=tuple(labels),
@@ -347,6 +352,8 @@ def export_single_graph(source: SourceModel, spec: InputSpec, opts: ExportOption
         postprocess=contract.postprocess(num_classes, opts),
         num_classes=num_classes,
         node_counts={"model": (len(raw.graph.node), len(optimized.graph.node))},
+        modules={"model": source.module},
+        examples={"model": (example,)},
     )
 
 

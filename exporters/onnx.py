@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edgekit.errors import ExportError
-from edgekit.exporters.registry import Precision, Target, register_target
+from edgekit.exporters.registry import ExportJob, Precision, Target, register_target
 
 if TYPE_CHECKING:
     import onnx
@@ -28,27 +28,32 @@ _MAX_SINGLE_FILE_BYTES = 2**31 - 1
 class OnnxFp32(Target):
     """Writes ``<role>.onnx`` per graph (``model.onnx`` for a single-graph bundle)."""
 
-    def export(self, graphs: Mapping[str, onnx.ModelProto], out_dir: Path) -> list[GraphFile]:
+    def export(self, job: ExportJob, out_dir: Path) -> list[GraphFile]:
         """Save each graph as one file, check it, and describe it for the manifest."""
-        import onnx
+        return write_graphs(job.graphs, out_dir, Precision.FP32)
 
-        from edgekit.bundle import GraphFile
 
-        files = []
-        for role, model in graphs.items():
-            if model.ByteSize() > _MAX_SINGLE_FILE_BYTES:
-                raise ExportError(f"graph '{role}' is {model.ByteSize() / 2**30:.1f} GiB; ONNX files past "
-                                  "2 GiB need external data, which edgekit bundles do not use.")
-            path = Path(out_dir) / f"{role}.onnx"
-            onnx.save_model(model, path, save_as_external_data=False)
-            try:
-                onnx.checker.check_model(str(path), full_check=True)
-            except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-                raise ExportError(f"graph '{role}' fails onnx.checker (full_check): {exc}") from exc
-            files.append(GraphFile.from_file(out_dir, path.name, role, inputs=tensor_specs(model.graph.input),
-                                             outputs=tensor_specs(model.graph.output),
-                                             precision=Precision.FP32.value))
-        return files
+def write_graphs(graphs: Mapping[str, onnx.ModelProto], out_dir: Path, precision: Precision) -> list[GraphFile]:
+    """Save each graph as ``<role>.onnx`` (one file, no external data), check it, describe it."""
+    import onnx
+
+    from edgekit.bundle import GraphFile
+
+    files = []
+    for role, model in graphs.items():
+        if model.ByteSize() > _MAX_SINGLE_FILE_BYTES:
+            raise ExportError(f"graph '{role}' is {model.ByteSize() / 2**30:.1f} GiB; ONNX files past "
+                              "2 GiB need external data, which edgekit bundles do not use.")
+        path = Path(out_dir) / f"{role}.onnx"
+        onnx.save_model(model, path, save_as_external_data=False)
+        try:
+            onnx.checker.check_model(str(path), full_check=True)
+        except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+            raise ExportError(f"graph '{role}' fails onnx.checker (full_check): {exc}") from exc
+        files.append(GraphFile.from_file(out_dir, path.name, role, inputs=tensor_specs(model.graph.input),
+                                         outputs=tensor_specs(model.graph.output),
+                                         precision=precision.value))
+    return files
 
 
 def tensor_specs(values: Sequence[onnx.ValueInfoProto]) -> tuple[TensorSpec, ...]:

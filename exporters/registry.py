@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,7 +20,13 @@ from typing import TYPE_CHECKING, Any
 from edgekit.errors import ExportError, MissingDependencyError, UnknownTargetError, suggest
 
 if TYPE_CHECKING:
+    import numpy as np
+    import onnx
+    from torch import nn
+
     from edgekit.bundle import GraphFile
+    from edgekit.calib.recipe import QuantRecipe
+    from edgekit.inputspec import InputSpec
 
 # Modules whose import registers targets; a target family is one module.
 _TARGET_MODULES: tuple[str, ...] = ("edgekit.exporters.onnx",)
@@ -45,6 +51,8 @@ class TargetSpec:
         requires: importable packages it needs at export time.
         extra: the ``pip install edgekit[extra]`` that provides them.
         summary: one line for ``--help`` and listings.
+        quant_profile: the calibration profile (``edgekit.calib.profiles``) an INT8 target's
+            recipe is derived for; None for float targets, which need no calibration.
     """
 
     name: str
@@ -53,6 +61,7 @@ class TargetSpec:
     requires: tuple[str, ...]
     extra: str
     summary: str = ""
+    quant_profile: str | None = None
 
     def missing(self) -> list[str]:
         """Required packages that are not installed."""
@@ -98,10 +107,32 @@ class Target:
             have = ", ".join(p.value for p in self.spec.precisions)
             raise ExportError(f"target '{self.name}' holds {have} graphs, not {Precision(precision).value}.")
 
-    def export(self, graphs: Mapping[str, Any], out_dir: Path) -> list[GraphFile]:
-        """Write ``graphs`` (role -> optimized fp32 ``onnx.ModelProto``, in pipeline order) into
-        ``out_dir`` and describe the files written."""
+    def export(self, job: ExportJob, out_dir: Path) -> list[GraphFile]:
+        """Write the job's graphs into ``out_dir`` in this target's format; describe the files."""
         raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class ExportJob:
+    """Everything a target may use to write its files; every target starts from the same job.
+
+    Args:
+        graphs: role -> optimized fp32 ``onnx.ModelProto``, in the order the pipeline runs them.
+        input_spec: the bundle's image input contract.
+        modules: role -> the eval-mode torch module each graph was traced from, for
+            converters that start from PyTorch (litert-torch); empty when not kept.
+        examples: role -> example inputs the module was traced with.
+        recipes: role -> QuantRecipe for the target's ``quant_profile`` (INT8 targets).
+        calib_feeds: role -> a fresh streaming iterable of feed dicts, for toolchains that
+            must see calibration data themselves; None when no calibration data was given.
+    """
+
+    graphs: Mapping[str, onnx.ModelProto]
+    input_spec: InputSpec
+    modules: Mapping[str, nn.Module] = field(default_factory=dict)
+    examples: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
+    recipes: Mapping[str, QuantRecipe] = field(default_factory=dict)
+    calib_feeds: Callable[[str], Iterable[dict[str, np.ndarray]]] | None = None
 
 
 _TARGETS: dict[str, tuple[TargetSpec, type[Target]]] = {}
@@ -115,6 +146,7 @@ def register_target(
     requires: tuple[str, ...] = (),
     extra: str = "export",
     summary: str = "",
+    quant_profile: str | None = None,
 ) -> Callable[[type[Target]], type[Target]]:
     """Register a Target class under ``name`` with its capabilities (class decorator)."""
 
@@ -122,7 +154,8 @@ def register_target(
         if name in _TARGETS:
             raise ValueError(f"target '{name}' is registered twice")
         spec = TargetSpec(name=name, precisions=tuple(Precision(p) for p in precisions),
-                          dynamic_batch=dynamic_batch, requires=requires, extra=extra, summary=summary)
+                          dynamic_batch=dynamic_batch, requires=requires, extra=extra, summary=summary,
+                          quant_profile=quant_profile)
         _TARGETS[name] = (spec, cls)
         return cls
 

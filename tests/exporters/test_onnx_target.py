@@ -15,7 +15,8 @@ from onnx import TensorProto, helper, numpy_helper
 from edgekit.bundle import file_digest
 from edgekit.errors import ExportError, MissingDependencyError, UnknownTargetError
 from edgekit.exporters.onnx import OnnxFp32, tensor_specs
-from edgekit.exporters.registry import Precision, Target, TargetSpec, get_spec, get_target, list_targets
+from edgekit.exporters.registry import ExportJob, Precision, Target, TargetSpec, get_spec, get_target, list_targets
+from edgekit.inputspec import make_input_spec
 
 
 def _conv_relu(batch: int | str = 1) -> onnx.ModelProto:
@@ -65,9 +66,13 @@ def test_missing_package_names_the_extra() -> None:
         target.ensure_available()
 
 
+def _job(graphs: dict) -> ExportJob:
+    return ExportJob(graphs=graphs, input_spec=make_input_spec("classify", (8, 8), dynamic_batch=True))
+
+
 def test_onnx_fp32_writes_one_checked_file_per_role(tmp_path: Path) -> None:
     graphs = {"model": _conv_relu("batch")}
-    (graph_file,) = get_target("onnx-fp32").export(graphs, tmp_path)
+    (graph_file,) = get_target("onnx-fp32").export(_job(graphs), tmp_path)
     path = tmp_path / "model.onnx"
     assert graph_file.path == "model.onnx" and graph_file.role == "model" and graph_file.precision == "fp32"
     assert (graph_file.sha256, graph_file.size_bytes) == file_digest(path)
@@ -82,7 +87,7 @@ def test_onnx_fp32_refuses_a_graph_that_fails_the_checker(tmp_path: Path) -> Non
     bad = _conv_relu()
     bad.graph.node[1].input[0] = "nowhere"
     with pytest.raises(ExportError, match="graph 'model' fails onnx.checker"):
-        get_target("onnx-fp32").export({"model": bad}, tmp_path)
+        get_target("onnx-fp32").export(_job({"model": bad}), tmp_path)
 
 
 def test_tensor_specs_read_names_shapes_and_dtypes() -> None:
