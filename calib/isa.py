@@ -7,8 +7,10 @@ use ``vpmaddubsw``, which adds each pair of u8 x s8 products into a *saturating*
 (``sdot``/``smmla`` where the dot-product / i8mm extensions exist). The ``ort-cpu`` profile
 reads this module to pick u8s8, u8s8 with 7-bit weights, or s8s8, and reports record it.
 
-Detection reads the ``flags`` (x86) or ``Features`` (ARM) lines of ``/proc/cpuinfo``; on
-systems without it (macOS, Windows) only the architecture is known and every flag is False.
+Detection reads the ``flags`` (x86) or ``Features`` (ARM) lines of ``/proc/cpuinfo`` with the
+SDK's parser (:mod:`edgekit.runtimes.cpuinfo`, standard library only, so the board and the
+calibration read a CPU the same way); on systems without it (macOS, Windows) only the
+architecture is known and every flag is False.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-CPUINFO = Path("/proc/cpuinfo")
+from edgekit.runtimes.cpuinfo import CPUINFO, cpu_flags, cpu_model, cpuinfo_fields, normalize_arch, read_cpuinfo
+
+__all__ = ["CPUINFO", "FEATURE_FLAGS", "CpuIsa", "detect_isa", "normalize_arch", "parse_cpuinfo"]
 
 # Feature name -> the /proc/cpuinfo flag spellings that mean it (x86 "flags", ARM "Features").
 FEATURE_FLAGS: Mapping[str, tuple[str, ...]] = {
@@ -33,8 +37,6 @@ FEATURE_FLAGS: Mapping[str, tuple[str, ...]] = {
     "i8mm": ("i8mm",),
 }
 
-# platform.machine() spellings -> one name per architecture.
-_ARCH_ALIASES: Mapping[str, str] = {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64"}
 _X86 = frozenset({"x86_64", "i386", "i686"})
 _ARM64 = frozenset({"aarch64"})
 
@@ -90,24 +92,8 @@ class CpuIsa:
 
 def parse_cpuinfo(text: str) -> tuple[frozenset[str], str]:
     """The flags and model name of the first processor block of a /proc/cpuinfo text."""
-    flags: frozenset[str] = frozenset()
-    model = ""
-    for line in text.splitlines():
-        key, sep, value = line.partition(":")
-        if not sep:
-            continue
-        key = key.strip().lower()
-        if key in ("flags", "features") and not flags:
-            flags = frozenset(value.split())
-        elif key in ("model name", "cpu model", "hardware") and not model:
-            model = value.strip()
-    return flags, model
-
-
-def normalize_arch(machine: str) -> str:
-    """``AMD64`` -> ``x86_64``, ``arm64`` -> ``aarch64``; other names lower-cased."""
-    name = machine.strip().lower()
-    return _ARCH_ALIASES.get(name, name)
+    fields = cpuinfo_fields(text)
+    return cpu_flags(fields), cpu_model(fields)
 
 
 def detect_isa(cpuinfo: Path | str | None = CPUINFO, machine: str | None = None) -> CpuIsa:
@@ -121,5 +107,5 @@ def detect_isa(cpuinfo: Path | str | None = CPUINFO, machine: str | None = None)
     path = Path(cpuinfo) if cpuinfo is not None else None
     if path is None or not path.is_file():
         return CpuIsa(arch=arch)
-    flags, model = parse_cpuinfo(path.read_text(errors="replace"))
+    flags, model = parse_cpuinfo(read_cpuinfo(path))
     return CpuIsa(arch=arch, flags=flags, model_name=model, source=str(path))

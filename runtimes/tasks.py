@@ -14,8 +14,10 @@ A task keeps no per-call state: several threads may call ``predict`` on one task
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from time import perf_counter
 from typing import ClassVar
@@ -26,14 +28,40 @@ from PIL import Image
 from edgekit.bundle import Manifest, read_manifest, verify
 from edgekit.data.image_io import load_image
 from edgekit.data.transforms import ImageMeta, Preprocess, boxes_to_original, mask_to_original, resize_nearest
-from edgekit.errors import BundleError
-from edgekit.runtimes.backends import Backend, create_backend, get_entry
+from edgekit.errors import BundleError, suggest
+from edgekit.runtimes.backends import Backend, BackendEntry, create_backend, get_entry
 from edgekit.runtimes.results import ClassResult, Detections, SegmentationResult, label_names
 from edgekit.runtimes.select import PlatformInfo, choose_backend
 from edgekit.runtimes.twostage import POSTPROCESS_KIND, TwoStageParams, detect, softmax
 
 ImageInput = Image.Image | str | Path | np.ndarray
 Result = ClassResult | Detections | SegmentationResult
+
+
+class GraphMode(StrEnum):
+    """Which graphs of a detector bundle run (``load(..., graph=)``, ``edgekit bench --graph``).
+
+    ``pipeline``: stage 1 and head graphs with the numpy glue between them (every bundle and
+    backend). ``single``: the whole detector in ``single.onnx`` (RoiAlign, TopK and
+    NonMaxSuppression inside the engine; bundles exported at batch 1, backends in
+    ``SINGLE_GRAPH_BACKENDS``). ``auto``: ``single`` where the bundle has it and the backend
+    runs it faster than the pipeline (``SINGLE_GRAPH_BACKENDS``), else ``pipeline``.
+    Classification and segmentation bundles have one graph: only ``auto`` applies.
+    """
+
+    AUTO = "auto"
+    PIPELINE = "pipeline"
+    SINGLE = "single"
+
+
+# Backends that run the single-graph detector (opset-17 RoiAlign, NonMaxSuppression, TopK with
+# data-dependent sizes) -> whether ``graph="auto"`` picks it there. onnxruntime and OpenVINO's
+# CPU plugin run it (tests/runtimes/test_tasks.py checks both against the pipeline); LiteRT
+# has no RoiAlign, and TensorRT engines are built from the stage graphs. Neither is picked
+# by ``auto`` yet: the single graph pools with RoiAlign over all ps * p * p channels and keeps
+# 1 bin in p * p, so it ran slower than the pipeline here (thundernet-snet146, 320x320,
+# 2 threads, p50: onnxruntime 74 vs 43 ms, OpenVINO 78 vs 70 ms; docs/benchmarks/runtime_split.json).
+SINGLE_GRAPH_BACKENDS: dict[str, bool] = {"onnxruntime": False, "openvino": False}
 
 
 @dataclass(frozen=True)
@@ -97,6 +125,11 @@ class Task:
     def backend(self) -> str:
         """Name of the backend that runs the graphs."""
         return next(iter(self.backends.values())).name
+
+    @property
+    def graph_mode(self) -> str:
+        """Which graphs run: ``pipeline`` or ``single`` for a detector, ``model`` for one-graph tasks."""
+        return "model"
 
     def predict(self, image: ImageInput, *, input_order: str = "rgb") -> Result:
         """Run the model on one image (a path, a Pillow image, or an HWC uint8 array in ``input_order``)."""
@@ -180,7 +213,7 @@ class Detector(Task):
     """
 
     task = "detect"
-    roles = ("stage1", "head")
+    roles: ClassVar[tuple[str, ...]] = ("stage1", "head")
     postprocess_kind = POSTPROCESS_KIND
 
     def __init__(self, manifest: Manifest, backends: Mapping[str, Backend]) -> None:
@@ -204,20 +237,54 @@ class Detector(Task):
             return out[self._head_out[0]], out[self._head_out[1]]
 
         boxes, scores, labels = detect(x, run_stage1, run_head, self.params)
-        keep = labels[0] >= 0
-        mapped = boxes_to_original(boxes[0][keep], meta)
+        return self._detections(boxes[0], scores[0], labels[0], meta)
+
+    @property
+    def graph_mode(self) -> str:
+        """``pipeline``: stage 1, numpy glue, head."""
+        return GraphMode.PIPELINE.value
+
+    def _detections(self, boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, meta: ImageMeta) -> Detections:
+        """One image's padded ``[K, 4]``, ``[K]``, ``[K]`` outputs -> detections in the original image."""
+        keep = labels >= 0
+        mapped = boxes_to_original(boxes[keep], meta)
         # A box wholly inside the letterbox border is empty once clipped to the image: no object there.
         inside = (mapped[:, 2] > mapped[:, 0]) & (mapped[:, 3] > mapped[:, 1])
-        ids = labels[0][keep][inside]
-        return Detections(boxes=mapped[inside], scores=scores[0][keep][inside], class_ids=ids,
-                          labels=self._names(ids))
+        ids = labels[keep][inside].astype(np.int64, copy=False)
+        return Detections(boxes=mapped[inside], scores=scores[keep][inside], class_ids=ids, labels=self._names(ids))
+
+
+class SingleGraphDetector(Detector):
+    """The same detector run as one graph (``single.onnx``): the engine does proposals, RoI pooling and NMS.
+
+    Detections equal the pipeline's up to the engines' float rounding and the order of tied
+    scores (see :mod:`edgekit.detector_single_graph`); only the mapping back to the image runs
+    in numpy.
+    """
+
+    roles = ("single",)
+
+    def __init__(self, manifest: Manifest, backends: Mapping[str, Backend]) -> None:
+        Task.__init__(self, manifest, backends)  # not Detector's: there are no stage graphs to wire
+        self.params = TwoStageParams.from_dict(manifest.postprocess.params)
+        self._outputs = tuple(t.name for t in manifest.graph("single").outputs)  # boxes, scores, labels
+
+    @property
+    def graph_mode(self) -> str:
+        """``single``: the whole detector in one graph."""
+        return GraphMode.SINGLE.value
+
+    def _infer(self, x: np.ndarray, meta: ImageMeta, clock: _Clock) -> Detections:
+        out = clock.run(self.backends["single"], {self._input: x})
+        boxes, scores, labels = (out[name][0] for name in self._outputs)
+        return self._detections(boxes, scores, labels, meta)
 
 
 TASKS: dict[str, type[Classifier | Detector | Segmenter]] = {cls.task: cls for cls in (Classifier, Detector, Segmenter)}
 
 
 def load(bundle: str | Path, backend: str = "auto", threads: int | None = None, *,
-         check_hashes: bool = True) -> Classifier | Detector | Segmenter:
+         check_hashes: bool = True, graph: GraphMode | str = GraphMode.AUTO) -> Classifier | Detector | Segmenter:
     """Load a deploy bundle as the task it holds: a :class:`Classifier`, :class:`Detector` or :class:`Segmenter`.
 
     Args:
@@ -227,19 +294,69 @@ def load(bundle: str | Path, backend: str = "auto", threads: int | None = None, 
             ``litert``, ``tensorrt``.
         threads: CPU threads per inference; None leaves the engine's default.
         check_hashes: re-hash the graph files against the manifest first.
+        graph: for a detector, which graphs run (:class:`GraphMode`): ``pipeline``, ``single``
+            (a :class:`SingleGraphDetector`) or ``auto``; the task's ``graph_mode`` says which
+            one did. Other tasks take only ``auto``.
 
     Raises:
-        BundleError: not a bundle, a changed file, a task or backend that cannot run it.
+        BundleError: not a bundle, a changed file, a task or backend that cannot run it, a
+            ``graph`` the bundle or backend cannot honour.
         MissingDependencyError: the chosen backend is not installed.
     """
     bundle = Path(bundle)
+    mode = _graph_mode(graph)
     manifest = verify(bundle) if check_hashes else read_manifest(bundle)
     if manifest.task not in TASKS:
         raise BundleError(f"bundle task '{manifest.task}' has no runtime; tasks: {', '.join(TASKS)}.")
     cls = TASKS[manifest.task]
+    if mode is not GraphMode.AUTO and cls is not Detector:
+        raise BundleError(f"graph='{mode.value}' applies to detector bundles; this one is '{manifest.task}' "
+                          "(one graph). Drop the graph option.")
     graphs = [manifest.graph(role) for role in cls.roles]
-    name = (choose_backend(PlatformInfo.detect(), [g.path for g in graphs]) if backend == "auto"
-            else get_entry(backend).name)
+    if backend != "auto":
+        name = get_entry(backend).name
+    elif mode is GraphMode.SINGLE and "single" in {g.role for g in manifest.graphs}:
+        info = PlatformInfo.detect()
+        able = dataclasses.replace(info, installed=info.installed & set(SINGLE_GRAPH_BACKENDS))
+        name = choose_backend(able, [manifest.graph("single").path])
+    else:
+        name = choose_backend(PlatformInfo.detect(), [g.path for g in graphs])
+    if cls is Detector and _runs_single(manifest, get_entry(name), mode):
+        cls, graphs = SingleGraphDetector, [manifest.graph("single")]
     backends = {g.role: create_backend(name, bundle / g.path, g, threads=threads, toolchain=manifest.toolchain)
                 for g in graphs}
     return cls(manifest, backends)
+
+
+def _graph_mode(graph: GraphMode | str) -> GraphMode:
+    try:
+        return GraphMode(graph)
+    except ValueError:
+        modes = [m.value for m in GraphMode]
+        raise BundleError(f"graph '{graph}' is not a mode; modes: {', '.join(modes)}.{suggest(str(graph), modes)}"
+                          ) from None
+
+
+def _runs_single(manifest: Manifest, entry: BackendEntry, mode: GraphMode) -> bool:
+    """Whether a detector bundle runs as its single graph on ``entry``; refuses a ``single`` it cannot honour.
+
+    The backend is chosen first (``backend="auto"`` with ``graph="single"`` picks among
+    ``SINGLE_GRAPH_BACKENDS``, otherwise by the pipeline's files), then the mode: ``auto``
+    never changes the engine to get the single graph, and takes it only where the table
+    says it is the faster one.
+    """
+    if mode is GraphMode.PIPELINE or (mode is GraphMode.AUTO and not SINGLE_GRAPH_BACKENDS.get(entry.name)):
+        return False
+    roles = [g.role for g in manifest.graphs]
+    if "single" not in roles:
+        if mode is GraphMode.SINGLE:
+            raise BundleError(f"this bundle has no single graph (roles: {', '.join(roles)}); one is exported only "
+                              "at a fixed batch of 1. Use graph='pipeline', or re-export with batch 1.")
+        return False
+    if entry.name not in SINGLE_GRAPH_BACKENDS or not entry.reads(manifest.graph("single").path):
+        if mode is GraphMode.SINGLE:
+            raise BundleError(f"backend '{entry.name}' cannot run the single-graph detector (it needs RoiAlign and "
+                              f"NonMaxSuppression); backends that can: {', '.join(sorted(SINGLE_GRAPH_BACKENDS))}. "
+                              "Use graph='pipeline' or one of those backends.")
+        return False
+    return True

@@ -4,6 +4,7 @@ original image's pixels; ``edgekit predict`` prints and draws it."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import shutil
 from pathlib import Path
@@ -28,6 +29,7 @@ from edgekit.runtimes import (
 )
 from edgekit.runtimes.draw import draw_detections
 from edgekit.runtimes.results import Detections, SegmentationResult, palette
+from edgekit.runtimes.tasks import SINGLE_GRAPH_BACKENDS, GraphMode, SingleGraphDetector
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
@@ -64,6 +66,57 @@ def test_segmentation_masks_match_pytorch(segmenter_case: Case, backend: str) ->
     assert len(ref.class_ids) >= 3, "the fixture must segment several classes"
     assert np.mean(got.mask == ref.mask) >= 0.999
     assert got.labels[0] == "background" and set(got.class_ids.tolist()) <= set(range(7))
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_single_graph_gives_the_pipeline_detections(detector_case: Case, backend: str) -> None:
+    pipeline = load(detector_case.bundle, backend=backend, graph="pipeline")
+    single = load(detector_case.bundle, backend=backend, graph="single")
+    assert isinstance(single, SingleGraphDetector) and type(pipeline) is Detector
+    assert (pipeline.graph_mode, single.graph_mode) == ("pipeline", "single")
+    assert list(single.backends) == ["single"] and single.backend == backend
+    ref, got = pipeline.predict(detector_case.image), single.predict(detector_case.image)
+    assert len(ref) > 0, "the fixture must produce detections"
+    worst_iou, worst_score = match_detections(ref, got)
+    assert worst_iou >= 0.99 and worst_score <= 1e-3, (worst_iou, worst_score)
+    assert got.class_ids.dtype == np.int64 and sorted(got.labels) == sorted(ref.labels)
+
+
+def test_graph_auto_follows_the_backend_table(detector_case: Case, classifier_case: Case) -> None:
+    for backend in CPU_BACKENDS:
+        model = load(detector_case.bundle, backend=backend)
+        assert model.graph_mode == ("single" if SINGLE_GRAPH_BACKENDS[backend] else "pipeline")
+    assert load(classifier_case.bundle, backend="onnxruntime", graph=GraphMode.AUTO).graph_mode == "model"
+
+
+def test_graph_modes_it_cannot_honour_are_refused(detector_case: Case, classifier_case: Case,
+                                                   tmp_path: Path) -> None:
+    with pytest.raises(BundleError, match="applies to detector bundles.*Drop the graph option"):
+        load(classifier_case.bundle, backend="onnxruntime", graph="pipeline")
+    with pytest.raises(BundleError, match="not a mode; modes: auto, pipeline, single. Did you mean 'single'"):
+        load(detector_case.bundle, backend="onnxruntime", graph="singel")
+    with pytest.raises(BundleError, match="backend 'litert' cannot run the single-graph detector"):
+        load(detector_case.bundle, backend="litert", graph="single")
+    # A bundle without single.onnx (as exported with a dynamic batch): single is refused, auto runs the pipeline.
+    manifest = read_manifest(detector_case.bundle)
+    copy = tmp_path / "pipeline-only"
+    shutil.copytree(detector_case.bundle, copy)
+    write_manifest(dataclasses.replace(manifest, graphs=tuple(g for g in manifest.graphs if g.role != "single")), copy)
+    with pytest.raises(BundleError, match="has no single graph.*graph='pipeline'"):
+        load(copy, backend="onnxruntime", graph="single")
+    assert load(copy, backend="onnxruntime").graph_mode == "pipeline"
+
+
+def test_cli_bench_records_the_graph_mode(detector_case: Case, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "bench.json"
+    code = main(["bench", str(detector_case.bundle), "--backend", "onnxruntime", "--graph", "single", "--runs", "2",
+                 "--warmup", "0", "--json", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "2 runs after 0 warm-up, single graph" in printed
+    record = json.loads(out.read_text())
+    assert record["graph"] == "single" and list(record["backend_settings"]) == ["single"]
 
 
 def test_image_inputs_are_equivalent(classifier_case: Case, tmp_path: Path) -> None:

@@ -16,7 +16,8 @@ from torch import Tensor, nn
 from edgekit.errors import BundleError
 from edgekit.models import ops
 from edgekit.models.detection import TwoStageDetector
-from edgekit.runtimes.boxes import anchor_shapes, batched_nms, box_iou, clip_boxes, decode_boxes, grid_anchors, nms
+from edgekit.runtimes.boxes import (NMS_BLOCK, anchor_shapes, batched_nms, box_iou, clip_boxes, decode_boxes,
+                                   grid_anchors, nms, top_k)
 from edgekit.runtimes.twostage import TwoStageParams, detect, postprocess, proposals, ps_roi_align
 
 THUNDERNET_ANCHORS = ((32.0, 64.0, 128.0, 256.0, 512.0), (0.5, 0.75, 1.0, 4.0 / 3.0, 2.0))
@@ -96,6 +97,38 @@ def test_nms_keeps_the_reference_indices(seed: int, n: int, threshold: float) ->
     assert np.array_equal(batched_nms(boxes, scores, groups, threshold), expected)
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_blocked_nms_crosses_block_boundaries_exactly(seed: int) -> None:
+    # Clusters of near-duplicates straddle the NMS blocks, scores are heavily tied and some
+    # boxes are empty (IoU 0 with everything): every rule of the one-at-a-time algorithm.
+    rng = np.random.default_rng(10 + seed)
+    n = 5 * NMS_BLOCK + 7
+    centres = random_boxes(rng, 12, extent=150.0)
+    boxes = centres[rng.integers(0, 12, n)] + rng.normal(0, 3, (n, 4)).astype(np.float32)
+    boxes[::17, 2:] = boxes[::17, :2]
+    scores = rng.integers(0, 8, n).astype(np.float32)
+    groups = rng.integers(0, 3, n)
+    for threshold in (0.0, 0.5, 0.9):
+        tb, ts = torch.from_numpy(boxes), torch.from_numpy(scores)
+        expected = ops.nms(tb, ts, threshold).numpy()
+        assert np.array_equal(nms(boxes, scores, threshold), expected)
+        for limit in (0, 1, NMS_BLOCK, len(expected)):
+            assert np.array_equal(nms(boxes, scores, threshold, max_keep=limit), expected[:limit])
+        expected = ops.batched_nms(tb, ts, torch.from_numpy(groups), threshold).numpy()
+        assert np.array_equal(batched_nms(boxes, scores, groups, threshold), expected)
+        assert np.array_equal(batched_nms(boxes, scores, groups, threshold, max_keep=9), expected[:9])
+
+
+def test_top_k_equals_the_stable_sort() -> None:
+    rng = np.random.default_rng(6)
+    for scores in (rng.normal(size=500).astype(np.float32), rng.integers(0, 5, 500).astype(np.float32)):
+        scores[[3, 77]] = np.nan
+        scores[[5, 9]] = -np.inf
+        for k in (0, 1, 10, 100, 497, 499, 500, 600):
+            assert np.array_equal(top_k(scores, k), np.argsort(-scores, kind="stable")[:k]), k
+    assert top_k(np.array([1.0, 2.0, 2.0, 0.5], np.float32), 2).tolist() == [1, 2]  # ties by index
+
+
 def test_nms_hand_cases() -> None:
     boxes = np.array([[0, 0, 10, 10], [1, 0, 11, 10], [20, 20, 30, 30], [0, 0, 10, 10]], np.float32)
     scores = np.array([0.9, 0.8, 0.7, 0.9], np.float32)
@@ -123,6 +156,22 @@ def test_ps_roi_align_matches_the_reference(aligned: bool) -> None:
     theirs = ops.ps_roi_align(torch.from_numpy(features), torch.from_numpy(rois), 7, 1 / 16, 2, aligned).numpy()
     assert ours.shape == (300, 5, 7, 7) and ours.dtype == np.float32
     np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("sampling_ratio", [1, 2])
+def test_ps_roi_align_is_bit_exact_up_to_two_samples(sampling_ratio: int) -> None:
+    # Same float operations in the same order as the reference: equal, not merely close.
+    rng = np.random.default_rng(7)
+    features = rng.normal(size=(2, 3 * 9, 11, 13)).astype(np.float32)
+    xy = rng.uniform(-60, 220, (40, 2))
+    rois = np.concatenate((rng.integers(0, 2, (40, 1)), xy, xy + rng.uniform(0, 150, (40, 2))), axis=1)
+    rois = rois.astype(np.float32)
+    for aligned in (True, False):
+        ours = ps_roi_align(features, rois, 3, 1 / 16, sampling_ratio, aligned)
+        theirs = ops.ps_roi_align(torch.from_numpy(features), torch.from_numpy(rois), 3, 1 / 16, sampling_ratio,
+                                  aligned).numpy()
+        assert np.array_equal(ours, theirs)
+    assert ps_roi_align(features, rois[:0], 3, 1 / 16, sampling_ratio).shape == (0, 3, 3, 3)
 
 
 def test_ps_roi_align_reads_channel_c_p_p_plus_bin() -> None:
