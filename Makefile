@@ -6,7 +6,7 @@ PIP    := $(VENV)/bin/pip
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.edgekit-installed
 
-.PHONY: demo test venv clean
+.PHONY: demo test venv clean chromium
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -23,8 +23,15 @@ demo: $(STAMP)
 	$(PY) examples/quickstart.py --out runs/quickstart
 
 ## Run the test suite (what CI runs).
+# The HTML report is checked in headless Chromium (Debian's package) by a screenshot test.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "make test: chromium is not installed (apt-get install chromium); the report screenshot test will skip" >&2; fi; }
+
 # pytest exits 5 when it collected nothing: that is a failure, said out loud.
-test: $(STAMP)
+test: $(STAMP) chromium
 	@$(VENV)/bin/pytest -n 2 --dist loadfile -q $(PYTEST_ARGS); status=$$?; \
 	if [ $$status -eq 5 ]; then echo "make test: pytest collected no tests (exit 5)" >&2; fi; \
 	exit $$status

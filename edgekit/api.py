@@ -29,6 +29,8 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from edgekit.report import Report
+
 TOOLCHAIN_PACKAGES: tuple[str, ...] = ("torch", "onnx", "onnxruntime", "onnxslim")
 
 
@@ -55,6 +57,22 @@ class ExportOptions:
         name: model name recorded in the manifest; default: registry name, ``file:factory``
             or the module's class name.
         top_k: how many classes a classifier's post-processing reports (at most num_classes).
+        calib_data: calibration images (any layout ``edgekit.data.open_dataset`` reads); INT8
+            targets require it, float targets refuse it.
+        calib_samples: calibration images used: the first N of a seeded permutation.
+        observer: activation range observer: ``mse`` (the clipping threshold with the least
+            expected quantization error), ``entropy`` (TensorRT's KL method), ``minmax`` or
+            ``percentile``. ``mse`` is the default: on the trained fixtures ``entropy`` cost
+            MobileNetV2 5 top-1 points (its KL argmin clipped a ReLU6 output at 0.79 with a
+            tenth of the values above it), the others none (docs/benchmarks/calib_vs_peers.md).
+        percentile: the ``percentile`` observer's percentile.
+        eval_data: labelled images for the accuracy-drop report, disjoint from the calibration
+            samples; the calibration folder itself is split (first N calibrate, the rest evaluate).
+        max_drop: accuracy budget in points of the task metric (top-1, AP50, mIoU).
+        repairs: cross-layer equalization before calibration and bias correction after.
+        strict: raise ``AccuracyBudgetError`` (CLI: exit non-zero) when the drop exceeds
+            ``max_drop``; needs ``eval_data``.
+        progress: progress bars on the terminal while calibrating and evaluating.
     """
 
     weights: str | Path | None = None
@@ -71,6 +89,15 @@ class ExportOptions:
     output_names: tuple[str, ...] | None = None
     name: str | None = None
     top_k: int = 5
+    calib_data: str | Path | None = None
+    calib_samples: int = 300
+    observer: str = "mse"
+    percentile: float = 99.99
+    eval_data: str | Path | None = None
+    max_drop: float = 1.0
+    repairs: bool = True
+    strict: bool = False
+    progress: bool = False
 
     def __post_init__(self) -> None:
         if self.batch < 1:
@@ -83,6 +110,7 @@ class ExportOptions:
             raise ExportError(f"num_classes must be >= 1, got {self.num_classes}.")
         if self.top_k < 1:
             raise ExportError(f"top_k must be >= 1, got {self.top_k}.")
+        self._check_calibration()
         if self.task is not None and self.task not in TASK_DEFAULTS:
             raise ExportError(f"unknown task '{self.task}'; choose one of: {', '.join(TASK_DEFAULTS)}.")
         # Refuse a bad choice here, before any model is built; store the enum either way.
@@ -90,6 +118,22 @@ class ExportOptions:
             object.__setattr__(self, "channel_order", parse_choice(ChannelOrder, self.channel_order, "channel order"))
         if self.resize is not None:
             object.__setattr__(self, "resize", parse_choice(ResizeMode, self.resize, "resize mode"))
+
+    def _check_calibration(self) -> None:
+        from edgekit.calib.observers import OBSERVERS
+
+        if self.calib_samples < 1:
+            raise ExportError(f"calib_samples must be >= 1, got {self.calib_samples}.")
+        if self.observer not in OBSERVERS:
+            raise ExportError(f"unknown observer '{self.observer}'; choose one of: {', '.join(OBSERVERS)}."
+                              f"{suggest(self.observer, OBSERVERS)}")
+        if not 0.0 < self.percentile <= 100.0:
+            raise ExportError(f"percentile must be in (0, 100], got {self.percentile}.")
+        if not self.max_drop >= 0.0:
+            raise ExportError(f"max_drop is a budget in metric points and must be >= 0, got {self.max_drop}.")
+        if self.strict and self.eval_data is None:
+            raise ExportError("--strict checks the accuracy drop on --eval-data; pass --eval-data DIR (or drop "
+                              "--strict).")
 
 
 @dataclass(frozen=True)
@@ -137,6 +181,7 @@ class ExportResult:
     manifest: Manifest
     passes: dict[str, list[dict[str, Any]]]
     node_counts: dict[str, tuple[int, int]]
+    report: Report | None = None
 
 
 Pipeline = Callable[[SourceModel, InputSpec, ExportOptions], GraphPlan]
@@ -182,31 +227,80 @@ def export(
         The bundle path, its manifest, the graph pass log and node counts.
     """
     from edgekit.exporters.registry import ExportJob, get_target
+    from edgekit.quantize import calibration_split
 
     opts = _merge(options or ExportOptions(), overrides)
     tgt = get_target(target)
     tgt.ensure_available()
-    tgt.check_request(dynamic_batch=opts.dynamic_batch)
+    tgt.check_request(dynamic_batch=opts.dynamic_batch, precision=tgt.spec.precisions[0])
+    split = calibration_split(tgt.spec, opts)  # refuses missing or misplaced calibration data, before any work
+    opts = with_card_defaults(model, opts)
     source = resolve_model(model, opts)
     pipeline = get_pipeline(source.task)
     spec = make_input_spec(source.task, opts.imgsz or source.imgsz, batch=opts.batch,
                            dynamic_batch=opts.dynamic_batch, mean=opts.mean, std=opts.std,
                            channel_order=opts.channel_order, resize=opts.resize)
     labels = read_labels(opts.labels)
+    report = None
     with atomic_bundle(out) as tmp:
         plan = pipeline(source, spec, opts)
         if labels and len(labels) != plan.num_classes:
             raise ExportError(f"{len(labels)} labels given but the model outputs {plan.num_classes} classes.")
         for role, graph in plan.graphs.items():
             _stamp_metadata(graph, source, spec, labels, role)
-        files = tgt.export(ExportJob(graphs=plan.graphs, input_spec=spec, modules=plan.modules,
-                                     examples=plan.examples), tmp)
+        job = ExportJob(graphs=plan.graphs, input_spec=spec, modules=plan.modules, examples=plan.examples)
+        quantized = None
+        if split is not None:
+            from edgekit.quantize import CalibrationSettings, quantize_graphs, write_references
+
+            settings = CalibrationSettings(profile=str(tgt.spec.quant_profile), observer=opts.observer,
+                                           percentile=opts.percentile, repairs=opts.repairs, progress=opts.progress)
+            quantized = quantize_graphs(plan.graphs, spec, plan.postprocess, split, settings)
+            job = dataclasses.replace(job, graphs=quantized.graphs, recipes=quantized.recipes,
+                                      calib_feeds=quantized.feeds.__getitem__, calibration=quantized.calibration)
+        files = tgt.export(job, tmp)
+        if quantized is not None:
+            files += write_references(quantized.references, tmp)
         write_json(plan.passes, tmp / PASSES_NAME)
         manifest = Manifest(model=source.name, task=source.task, target=target, input=spec, outputs=plan.outputs,
                             graphs=tuple(files), postprocess=plan.postprocess, labels=tuple(labels),
                             num_classes=plan.num_classes, edgekit_version=__version__, toolchain=toolchain_versions())
         write_manifest(manifest, tmp)
-    return ExportResult(bundle=Path(out), manifest=manifest, passes=plan.passes, node_counts=plan.node_counts)
+        if split is not None:
+            from edgekit.report import ReportOptions, make_report
+
+            report = make_report(tmp, ReportOptions(evaluation=split.evaluation, max_drop=opts.max_drop,
+                                                    progress=opts.progress), bundle_name=str(out))
+    result = ExportResult(bundle=Path(out), manifest=manifest, passes=plan.passes, node_counts=plan.node_counts,
+                          report=report)
+    if report is not None and opts.strict:
+        report.enforce()
+    return result
+
+
+def with_card_defaults(model: str | nn.Module, opts: ExportOptions) -> ExportOptions:
+    """Options the weights' card fills in (classes, input size, preprocessing) where the user gave none.
+
+    ``edgekit train`` writes ``W.json`` beside ``W.safetensors``: the network must be exported
+    with the input size and preprocessing it was trained with. Options set explicitly win.
+    """
+    if opts.weights is None or not isinstance(model, str):
+        return opts
+    from edgekit.train.checkpoint import read_card
+
+    card = read_card(opts.weights)
+    if card is None:
+        return opts
+    if card.model != model:
+        raise ExportError(f"weights '{opts.weights}' were trained for '{card.model}' (their card says so), not "
+                          f"'{model}'; pass --model {card.model}.")
+    pre = card.preprocessing()
+    defaults = {"num_classes": card.num_classes, "imgsz": tuple(card.imgsz), "mean": pre.mean, "std": pre.std,
+                "channel_order": pre.channel_order.value, "resize": pre.resize.value}
+    filled = {k: v for k, v in defaults.items() if getattr(opts, k) is None}
+    if opts.labels is None and card.class_names:
+        filled["labels"] = tuple(card.class_names)
+    return dataclasses.replace(opts, **filled)
 
 
 def _merge(options: ExportOptions, overrides: dict[str, Any]) -> ExportOptions:
@@ -239,7 +333,8 @@ def resolve_model(model: str | nn.Module, opts: ExportOptions) -> SourceModel:
         spec = get_spec(model)
         if opts.task is not None and opts.task != spec.task.value:
             raise ExportError(f"'{model}' is a {spec.task.value} model; drop --task {opts.task}.")
-        module = spec.build(num_classes=opts.num_classes or spec.num_classes)
+        classes = opts.num_classes or (classes_in_weights(spec, opts.weights) if opts.weights else None)
+        module = spec.build(num_classes=classes or spec.num_classes)
         name, task, size, from_zoo = spec.name, spec.task.value, spec.input_size, True
     else:
         raise ExportError("model must be a registry name, 'file.py:factory' or an nn.Module, "
@@ -253,6 +348,28 @@ def resolve_model(model: str | nn.Module, opts: ExportOptions) -> SourceModel:
     names = opts.output_names or getattr(module, "output_names", None)
     return SourceModel(module=module.eval(), name=opts.name or name, task=task, imgsz=tuple(size or opts.imgsz),
                        output_names=tuple(names) if names else None, from_zoo=from_zoo)
+
+
+def classes_in_weights(spec: Any, weights: str | Path) -> int | None:
+    """The class count a zoo model's weights were trained for, read from the head's shapes.
+
+    The model is built with its default classes; where the weights differ from it only in the
+    leading dimension of some tensors, and by the same amount in each (a classifier's
+    ``[C, F]`` and ``[C]``, a detector's ``C + 1`` logits, a segmenter's ``[C, F, 1, 1]``
+    heads), that amount is the change in classes. Anything else gives None, and loading the
+    weights then reports the mismatch.
+    """
+    from edgekit.models.weights import read_state_dict
+
+    state = read_state_dict(weights)
+    own = spec.build(num_classes=spec.num_classes).state_dict()
+    changed = [(tuple(state[k].shape), tuple(own[k].shape)) for k in own.keys() & state.keys()
+               if tuple(state[k].shape) != tuple(own[k].shape)]
+    if not changed or any(len(a) != len(b) or not a or a[1:] != b[1:] for a, b in changed):
+        return None
+    deltas = {a[0] - b[0] for a, b in changed}
+    classes = spec.num_classes + deltas.pop() if len(deltas) == 1 else 0
+    return classes if classes >= 1 else None
 
 
 def read_labels(labels: str | Path | Sequence[str] | None) -> list[str]:

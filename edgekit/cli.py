@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -12,6 +12,9 @@ from rich.table import Table
 
 from edgekit.errors import EdgekitError
 from edgekit.inputspec import ChannelOrder, ResizeMode
+
+if TYPE_CHECKING:
+    from edgekit.report import Report
 
 app = typer.Typer(
     name="edgekit",
@@ -117,11 +120,13 @@ def export_command(
                     "pixel units (0-255), in --channel-order; default: ImageNet (123.675 116.28 103.53).")] = None,
     std: Annotated[tuple[float, float, float] | None, typer.Option(metavar="R G B", help="Per-channel std in "
                    "pixel units; default: ImageNet (58.395 57.12 57.375).")] = None,
-    channel_order: Annotated[ChannelOrder | None, typer.Option(help="Colour order the network expects; "
-                                                               "default rgb.")] = None,
-    resize: Annotated[ResizeMode | None, typer.Option(help="How the runtime fits an image to the input size; "
-                                                      "default: shorter-side-crop for classifiers, stretch for "
-                                                      "segmenters, letterbox for detectors.")] = None,
+    channel_order: Annotated[str | None, typer.Option(help="Colour order the network expects: "
+                                                      f"{' or '.join(c.value for c in ChannelOrder)}; "
+                                                      "default rgb.")] = None,
+    resize: Annotated[str | None, typer.Option(help="How the runtime fits an image to the input size: "
+                                               f"{', '.join(m.value for m in ResizeMode)}; default: "
+                                               "shorter-side-crop for classifiers, stretch for segmenters, "
+                                               "letterbox for detectors.")] = None,
     num_classes: Annotated[int | None, typer.Option(help="Build the model with this many classes "
                                                     "(zoo models and file.py:factory).")] = None,
     labels: Annotated[Path | None, typer.Option(help="Text file of class names, one per line, "
@@ -130,24 +135,236 @@ def export_command(
                                              "(default classify); zoo models know their task.")] = None,
     output_name: Annotated[list[str] | None, typer.Option(help="Graph output name for your own model, once per "
                                                           "output (default output0, output1, ...).")] = None,
+    calib_data: Annotated[Path | None, typer.Option(help="INT8 targets: calibration images in any layout edgekit "
+                                                    "reads (class folders, COCO, VOC, image/mask folders).")] = None,
+    calib_samples: Annotated[int, typer.Option(min=1, help="Calibration images used: the first N of a seeded "
+                                               "shuffle of --calib-data.")] = 300,
+    observer: Annotated[str, typer.Option(help="Activation range observer: mse (least expected quantization error), "
+                                          "entropy (TensorRT's KL method), minmax or percentile.")] = "mse",
+    percentile: Annotated[float, typer.Option(help="Percentile of the percentile observer.")] = 99.99,
+    eval_data: Annotated[Path | None, typer.Option(help="Labelled images for the accuracy-drop report, disjoint from "
+                                                   "calibration; the --calib-data folder itself is split (first N "
+                                                   "calibrate, the rest evaluate).")] = None,
+    max_drop: Annotated[float, typer.Option(help="Accuracy budget in points of top-1 / AP50 / mIoU: the report "
+                                            "says PASS or FAIL against it.")] = 1.0,
+    strict: Annotated[bool, typer.Option("--strict", help="Exit non-zero when the report says FAIL (needs "
+                                         "--eval-data).")] = False,
+    repairs: Annotated[bool, typer.Option("--repairs/--no-repairs", help="Cross-layer equalization before "
+                                          "calibration and bias correction after.")] = True,
 ) -> None:
-    """Export a model to a deploy bundle: ONNX opset 17, graph passes, manifest with hashes."""
+    """Export a model to a deploy bundle: ONNX opset 17, graph passes, manifest with hashes.
+
+    INT8 targets (onnx-int8) calibrate on --calib-data and write the accuracy-drop report
+    (report.json, report.html, report.png) into the bundle.
+    """
+    import dataclasses
+
     from edgekit.api import ExportOptions, export
 
     options = ExportOptions(
         weights=weights, imgsz=imgsz, batch=batch, dynamic_batch=dynamic_batch, mean=mean, std=std,
         channel_order=channel_order, resize=resize, num_classes=num_classes, labels=labels, task=task,
-        output_names=tuple(output_name) if output_name else None,
+        output_names=tuple(output_name) if output_name else None, calib_data=calib_data,
+        calib_samples=calib_samples, observer=observer, percentile=percentile, eval_data=eval_data,
+        max_drop=max_drop, strict=strict, repairs=repairs, progress=True,
     )
-    with console.status(f"exporting {model} to {target}..."):
-        result = export(model, out=out, target=target, options=options)
-    console.print(f"[bold]{result.manifest.model}[/bold] -> {result.bundle}/ ({target})")
+    if calib_data is None:
+        with console.status(f"exporting {model} to {target}..."):
+            result = export(model, out=out, target=target, options=options)
+    else:  # calibration and evaluation draw their own progress bars (one live display at a time)
+        console.print(f"exporting {model} to {target}, calibrating on {calib_data}...", soft_wrap=True)
+        # --strict is checked below, once the bundle and its report have been printed
+        result = export(model, out=out, target=target, options=dataclasses.replace(options, strict=False))
+    console.print(f"[bold]{result.manifest.model}[/bold] -> {result.bundle}/ ({target})", soft_wrap=True)
     for graph in result.manifest.graphs:
-        before, after = result.node_counts.get(graph.role, (0, 0))
-        console.print(
-            f"  {graph.path}: {graph.size_bytes / 1e6:.2f} MB, sha256 {graph.sha256[:16]}…, "
-            f"{before} -> {after} nodes after {len(result.passes.get(graph.role, []))} graph passes"
-        )
+        line = f"  {graph.path}: {graph.size_bytes / 1e6:.2f} MB, sha256 {graph.sha256[:16]}…, {graph.precision}"
+        if graph.role in result.node_counts:
+            before, after = result.node_counts[graph.role]
+            line += f", {before} -> {after} nodes after {len(result.passes.get(graph.role, []))} graph passes"
+        else:  # an INT8 bundle's fp32 reference, the report's baseline
+            line += ", reference for the accuracy-drop report"
+        console.print(line, soft_wrap=True)
+    if result.report is not None:
+        _print_report(result.report)
+        if strict:
+            result.report.enforce()
+
+
+def _print_report(report: Report) -> None:
+    colour = {"PASS": "green", "FAIL": "red"}.get(report.verdict, "yellow")
+    console.print(f"[bold {colour}]{report.summary()}[/bold {colour}]", soft_wrap=True, highlight=False)
+    for note in report.notes:
+        console.print(f"  {note}", soft_wrap=True, highlight=False)
+    console.print(f"  report: {report.bundle}/report.html (+ report.json, report.png)", soft_wrap=True,
+                  highlight=False)
+
+
+@app.command("report")
+def report_command(
+    bundle: Annotated[Path, typer.Argument(help="A quantized bundle (written by an INT8 target such as onnx-int8).")],
+    eval_data: Annotated[Path | None, typer.Option(help="Labelled images disjoint from calibration; default: the "
+                                                   "split the bundle's report used.")] = None,
+    max_drop: Annotated[float | None, typer.Option(help="Accuracy budget in points; default: the report's "
+                                                   "(1.0).")] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="Exit non-zero when the report says FAIL.")] = False,
+    threads: Annotated[int, typer.Option(min=1, help="CPU threads per inference for evaluation and timing.")] = 1,
+) -> None:
+    """Re-measure a quantized bundle (fp32 vs INT8 metric, per-layer error, latency) and rewrite its report."""
+    from edgekit.report import regenerate
+
+    report = regenerate(bundle, eval_data=eval_data, max_drop=max_drop, threads=threads, progress=True)
+    _print_report(report)
+    if strict:
+        if report.verdict == "NOT EVALUATED":
+            raise EdgekitError("--strict needs an evaluation: pass --eval-data DIR.")
+        report.enforce()
+
+
+@app.command("train")
+def train_command(
+    model: Annotated[str, typer.Option("--model", "-m", help="Registered model name (see `edgekit models`).")],
+    data: Annotated[Path, typer.Option(help="Training data in any layout edgekit reads (class folders, COCO, "
+                                       "image/mask folders); the class count comes from it.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Weights to write (.safetensors, fp16); a JSON card "
+                                      "with the input size, preprocessing and command goes beside it.")],
+    epochs: Annotated[int, typer.Option(help="Passes over the data.")] = 10,
+    imgsz: Annotated[int | None, typer.Option(help="Square input side; default per task (96 classify, "
+                                              "256 segment).")] = None,
+    batch: Annotated[int | None, typer.Option(help="Images per step; default per task.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate; default per task.")] = None,
+    optimizer: Annotated[str | None, typer.Option(help="adamw or sgd; default per task.")] = None,
+    weight_decay: Annotated[float | None, typer.Option(help="On conv/linear weights; default per task.")] = None,
+    warmup_epochs: Annotated[float | None, typer.Option(help="Linear warm-up length; default per task.")] = None,
+    seed: Annotated[int, typer.Option(help="Seeds init, data order and augmentation.")] = 0,
+    num_classes: Annotated[int | None, typer.Option(help="Head size; default: the dataset's classes.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Train on a seeded random subset of this many images.")] = None,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads for the run.")] = None,
+    val: Annotated[Path | None, typer.Option(help="Held-out data scored after training; the metric goes "
+                                             "into the card.")] = None,
+) -> None:
+    """Train a zoo model (classify, segment or detect) and write fp16 safetensors weights."""
+    from edgekit.train import TrainConfig, train
+
+    result = train(TrainConfig(model=model, data=data, out=out, epochs=epochs, imgsz=imgsz, batch=batch, lr=lr,
+                               optimizer=optimizer, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
+                               seed=seed, num_classes=num_classes, limit=limit, threads=threads, val=val))
+    last = " ".join(f"{k} {v:.4f}" for k, v in result.losses[-1].items())
+    console.print(f"[bold]{model}[/bold] -> {result.weights} ({result.wall_s:.0f} s; last epoch {last})")
+    if result.metric is not None:
+        console.print_json(data=result.metric)
+
+
+@app.command("eval")
+def eval_command(
+    model: Annotated[str, typer.Option("--model", "-m", help="Registered model name (see `edgekit models`).")],
+    data: Annotated[Path, typer.Option(help="Labelled data in any layout edgekit reads.")],
+    weights: Annotated[Path | None, typer.Option(help="Weights (.safetensors or .pt state dict); the card "
+                                                 "beside them sets input size and preprocessing.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the metrics to this file.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Score only the first N images.")] = None,
+    batch: Annotated[int, typer.Option(help="Images per forward pass.")] = 16,
+) -> None:
+    """Score weights in PyTorch: top-1/top-5 for classifiers, mIoU for segmenters; prints JSON."""
+    import json
+
+    from edgekit.evaluate import evaluate
+
+    metrics = evaluate(model, weights, data, limit=limit, batch_size=batch, progress=True)
+    text = json.dumps(metrics, indent=1)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(text + "\n")
+    typer.echo(text)
+
+
+_BACKEND_HELP = "Inference engine: auto (by board and installed packages), onnxruntime, openvino, litert or tensorrt."
+_GRAPH_HELP = ("Detector bundles: pipeline (stage graphs + numpy glue), single (single.onnx; onnxruntime and "
+               "openvino) or auto (single only where it is the faster on that backend).")
+# What predict counts per task, for the printed summary line.
+_RESULT_NOUNS = {"classify": "classes", "detect": "detections", "segment": "classes present"}
+
+
+@app.command("predict")
+def predict_command(
+    bundle: Annotated[Path, typer.Argument(help="Bundle directory (written by `edgekit export --out`).")],
+    images: Annotated[Path, typer.Argument(help="An image file, or a folder of images (searched recursively).")],
+    backend: Annotated[str, typer.Option(help=_BACKEND_HELP)] = "auto",
+    save: Annotated[Path | None, typer.Option(help="Draw boxes, masks or classes on the images: a folder "
+                                              "(one <name>.png per image) or, for one image, a .png/.jpg "
+                                              "file.")] = None,
+    threads: Annotated[int | None, typer.Option(min=1, help="CPU threads per inference; default: the "
+                                                "engine's.")] = None,
+    graph: Annotated[str, typer.Option(help=_GRAPH_HELP)] = "auto",
+) -> None:
+    """Run a deploy bundle on images with the numpy runtime SDK (no torch) and print the results."""
+    from edgekit.data.image_io import is_image_file, list_images, load_image
+    from edgekit.errors import BundleError
+    from edgekit.runtimes import load, render
+
+    paths = [images] if images.is_file() else list_images(images) if images.is_dir() else []
+    if not paths:
+        raise BundleError(f"'{images}' is neither an image file nor a folder with images.")
+    single_file = save is not None and is_image_file(save)
+    if single_file and len(paths) > 1:
+        raise BundleError(f"--save {save} names one picture but '{images}' holds {len(paths)} images; "
+                          "give a folder to --save.")
+    model = load(bundle, backend=backend, threads=threads, graph=graph)
+    if save is not None and not single_file:
+        save.mkdir(parents=True, exist_ok=True)
+    noun = _RESULT_NOUNS[model.manifest.task]
+    mode = f", {model.graph_mode} graph" if model.manifest.task == "detect" else ""
+    console.print(f"{model.manifest.model} ({model.manifest.task}) on {model.backend}{mode}", soft_wrap=True)
+    for path in paths:
+        image = load_image(path)
+        result = model.predict(image)
+        console.print(f"{path.name}: {len(result)} {noun}", highlight=False, soft_wrap=True)
+        for line in result.summary().splitlines():
+            console.print(f"  {line}", highlight=False, soft_wrap=True)
+        if save is not None:
+            out = save if single_file else save / f"{path.stem}.png"
+            render(image, result).save(out)
+            console.print(f"  drawn -> {out}", highlight=False, soft_wrap=True)
+
+
+@app.command("bench")
+def bench_command(
+    bundle: Annotated[Path, typer.Argument(help="Bundle directory (written by `edgekit export --out`).")],
+    backend: Annotated[str, typer.Option(help=_BACKEND_HELP)] = "auto",
+    threads: Annotated[int | None, typer.Option(min=1, help="CPU threads per inference; default: the "
+                                                "engine's.")] = None,
+    runs: Annotated[int, typer.Option(min=1, help="Timed predictions.")] = 50,
+    warmup: Annotated[int, typer.Option(min=0, help="Untimed predictions first.")] = 5,
+    image: Annotated[Path | None, typer.Option(help="Image to predict; default: the bundled sample "
+                                               "scene.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the full result to this "
+                                                  "JSON file.")] = None,
+    graph: Annotated[str, typer.Option(help=_GRAPH_HELP)] = "auto",
+) -> None:
+    """Time a bundle end to end: latency p50/p90/p99, FPS, peak memory and the pre / infer / post split."""
+    import json
+
+    from edgekit.runtimes import benchmark, load
+
+    model = load(bundle, backend=backend, threads=threads, graph=graph)
+    picture = image or Path(__file__).parent / "data" / "samples" / "sample.jpg"
+    with console.status(f"timing {runs} predictions on {model.backend}..."):
+        r = benchmark(model, picture, runs=runs, warmup=warmup)
+    lat, split, total = r.latency_ms, r.split_ms, r.latency_ms["mean"]
+    cpu = r.cpu
+    lines = [
+        f"{r.model} ({r.task}, {r.target}) on {r.backend}, threads {r.threads or 'default'}, "
+        f"{r.input_size[0]}x{r.input_size[1]}, {r.runs} runs after {r.warmup} warm-up, {model.graph_mode} graph",
+        f"latency ms: p50 {lat['p50']:.2f}  p90 {lat['p90']:.2f}  p99 {lat['p99']:.2f}  mean {total:.2f}",
+        f"FPS {r.fps:.1f}  peak memory " + ("-" if r.peak_rss_mb is None else f"{r.peak_rss_mb:.0f} MiB"),
+        "split ms: " + "  ".join(f"{k} {v:.2f} ({100 * v / total:.1f}%)" for k, v in split.items())
+        + f"  -> pre+post {100 * r.pre_post_share:.1f}%",
+        f"CPU: {cpu['model']} ({cpu['machine']}, {cpu['cores']} cores) ISA: {' '.join(cpu['isa']) or '-'}",
+    ]
+    for line in lines:
+        console.print(line, highlight=False, soft_wrap=True)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps({**r.to_dict(), "graph": model.graph_mode}, indent=1) + "\n")
 
 
 data_app = typer.Typer(help="Datasets: synthetic shapes for every task.", no_args_is_help=True)
@@ -174,6 +391,36 @@ def synth_command(
     console.print(f"wrote {n} {task} images to {path}")
 
 
+@app.command("build-engine")
+def build_engine_command(
+    bundle: Annotated[Path, typer.Argument(help="A trt-int8 or trt-fp16 bundle (edgekit export --target trt-*).")],
+    fp16: Annotated[bool, typer.Option("--fp16", help="Allow FP16 kernels. Neither --fp16 nor --int8: the "
+                                       "bundle's precision (trt-int8: INT8 + FP16).")] = False,
+    int8: Annotated[bool, typer.Option("--int8", help="Allow INT8 kernels (graphs the export calibrated).")] = False,
+    dla: Annotated[int | None, typer.Option("--dla", metavar="N", help="Build for DLA core N with GPU fallback "
+                                            "(Jetson AGX Orin / Orin NX).")] = None,
+    workspace: Annotated[int, typer.Option("--workspace", metavar="MB", help="TensorRT workspace memory pool "
+                                           "limit in MiB.")] = 1024,
+    implicit: Annotated[bool, typer.Option("--implicit", help="INT8 from the calibration cache on the fp32 ONNX "
+                                           "(implicit quantization) instead of the QDQ ONNX.")] = False,
+    out: Annotated[Path | None, typer.Option("--out", metavar="FILE", help="Engine file to write (single-graph "
+                                             "bundles); default <bundle>/<role>.engine, recorded in the "
+                                             "manifest.")] = None,
+    max_batch: Annotated[int, typer.Option("--max-batch", help="Largest batch of a --dynamic-batch "
+                                           "bundle's engine.")] = 1,
+) -> None:
+    """Build the TensorRT engine of a bundle on this device, or print the equivalent trtexec command."""
+    from edgekit.engine import EngineOptions, build_engine
+
+    options = EngineOptions(fp16=fp16, int8=int8, dla_core=dla, workspace_mb=workspace, implicit=implicit, out=out,
+                            max_batch=max_batch)
+    with console.status(f"building TensorRT engine(s) for {bundle}..."):
+        records = build_engine(bundle, options)
+    for r in records:
+        console.print(f"{r.role}: {r.engine} ({r.precision}, {r.mode}, {r.size_bytes / 1e6:.2f} MB) "
+                      f"TensorRT {r.tensorrt} on {r.device}", highlight=False, soft_wrap=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app; edgekit's own errors print as one message, exit code 1."""
     try:
@@ -181,18 +428,14 @@ def main(argv: list[str] | None = None) -> int:
     except EdgekitError as exc:
         console.print(f"[bold red]{type(exc).__name__}:[/bold red] {exc}", highlight=False, soft_wrap=True)
         return 1
-    except (typer.Exit, SystemExit) as exc:  # --help, typer.Exit(code)
-        return int(getattr(exc, "exit_code", getattr(exc, "code", 0)) or 0)
+    except typer.TyperException as exc:  # usage errors: missing option, bad value (typer's click)
+        exc.show()
+        return exc.exit_code
     except typer.Abort:
         console.print("aborted")
         return 130
-    except Exception as exc:  # click usage errors arrive as ClickException
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            return exc.exit_code
-        raise
+    except (typer.Exit, SystemExit) as exc:  # --help, typer.Exit(code)
+        return int(getattr(exc, "exit_code", getattr(exc, "code", 0)) or 0)
     return 0
 
 

@@ -75,6 +75,8 @@ class DetectorGraphs:
         params: the numpy glue's parameters (the manifest's post-processing block).
         passes: role -> graph pass records.
         node_counts: role -> (nodes as exported, nodes after the passes).
+        modules: role -> the eval-mode module each graph was traced from (``Stage1``, ``Head``).
+        examples: role -> the example inputs it was traced with.
     """
 
     stage1: onnx.ModelProto
@@ -82,6 +84,8 @@ class DetectorGraphs:
     params: TwoStageParams
     passes: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     node_counts: dict[str, tuple[int, int]] = field(default_factory=dict)
+    modules: dict[str, nn.Module] = field(default_factory=dict)
+    examples: dict[str, tuple[Tensor, ...]] = field(default_factory=dict)
 
 
 def twostage_params(detector: TwoStageDetector) -> TwoStageParams:
@@ -123,11 +127,12 @@ def detector_to_onnx(detector: nn.Module, imgsz: tuple[int, int], *, batch: int 
     params = twostage_params(detector)
     # A dynamic batch is traced at 2 so no size-1 dimension gets folded into a constant.
     example = torch.randn(2 if dynamic_batch else batch, 3, *imgsz, generator=torch.Generator().manual_seed(0))
-    stage1_raw = torch_to_onnx(Stage1(detector).eval(), example, input_name=input_name,
+    modules = {STAGE1_ROLE: Stage1(detector).eval(), HEAD_ROLE: Head(detector).eval()}
+    stage1_raw = torch_to_onnx(modules[STAGE1_ROLE], example, input_name=input_name,
                                output_names=STAGE1_OUTPUTS, dynamic_batch=dynamic_batch)
     p = detector.pooled_size
     pooled = torch.randn(2, detector.ps_channels, p, p, generator=torch.Generator().manual_seed(1))
-    head_raw = torch_to_onnx(Head(detector).eval(), pooled, input_name=HEAD_INPUT, output_names=HEAD_OUTPUTS,
+    head_raw = torch_to_onnx(modules[HEAD_ROLE], pooled, input_name=HEAD_INPUT, output_names=HEAD_OUTPUTS,
                              dynamic_batch=True)
     optimized, passes, counts = {}, {}, {}
     for role, raw in ((STAGE1_ROLE, stage1_raw), (HEAD_ROLE, head_raw)):
@@ -135,7 +140,8 @@ def detector_to_onnx(detector: nn.Module, imgsz: tuple[int, int], *, batch: int 
         counts[role] = (len(raw.graph.node), len(optimized[role].graph.node))
     # torch_to_onnx calls a dynamic dimension 0 "batch"; for the head it counts RoIs.
     return DetectorGraphs(stage1=optimized[STAGE1_ROLE], head=_rename_dim(optimized[HEAD_ROLE], "batch", ROI_DIM),
-                          params=params, passes=passes, node_counts=counts)
+                          params=params, passes=passes, node_counts=counts, modules=modules,
+                          examples={STAGE1_ROLE: (example,), HEAD_ROLE: (pooled,)})
 
 
 def _optimize(model: onnx.ModelProto, role: str) -> tuple[onnx.ModelProto, list[dict[str, Any]]]:
@@ -187,5 +193,6 @@ def export_detector(source: SourceModel, spec: InputSpec, opts: ExportOptions) -
     )
     return GraphPlan(graphs=models, passes=graphs.passes, outputs=outputs,
                      postprocess=PostProcess(POSTPROCESS_KIND, graphs.params.to_dict()),
-                     num_classes=graphs.params.num_classes, node_counts=graphs.node_counts)
+                     num_classes=graphs.params.num_classes, node_counts=graphs.node_counts,
+                     modules=graphs.modules, examples=graphs.examples)
 

@@ -29,7 +29,13 @@ if TYPE_CHECKING:
     from edgekit.inputspec import InputSpec
 
 # Modules whose import registers targets; a target family is one module.
-_TARGET_MODULES: tuple[str, ...] = ("edgekit.exporters.onnx",)
+_TARGET_MODULES: tuple[str, ...] = (
+    "edgekit.exporters.onnx",
+    "edgekit.exporters.onnx_int8",
+    "edgekit.exporters.openvino",
+    "edgekit.exporters.tensorrt",
+    "edgekit.exporters.tflite",
+)
 
 
 class Precision(str, Enum):
@@ -125,6 +131,9 @@ class ExportJob:
         recipes: role -> QuantRecipe for the target's ``quant_profile`` (INT8 targets).
         calib_feeds: role -> a fresh streaming iterable of feed dicts, for toolchains that
             must see calibration data themselves; None when no calibration data was given.
+        calibration: JSON-ready record of how the recipes were made (data, files and hash,
+            observer, repairs, the profile chosen for this CPU and why); INT8 targets store it
+            beside the recipes.
     """
 
     graphs: Mapping[str, onnx.ModelProto]
@@ -133,6 +142,7 @@ class ExportJob:
     examples: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
     recipes: Mapping[str, QuantRecipe] = field(default_factory=dict)
     calib_feeds: Callable[[str], Iterable[dict[str, np.ndarray]]] | None = None
+    calibration: Mapping[str, Any] = field(default_factory=dict)
 
 
 _TARGETS: dict[str, tuple[TargetSpec, type[Target]]] = {}

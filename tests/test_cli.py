@@ -50,3 +50,9 @@ def test_help_explains_every_command(command: str | None) -> None:
     out = _run(*([command] if command else []), "--help")
     assert out.returncode == 0
     assert "Usage" in out.stdout and len(out.stdout.splitlines()) > 5
+
+
+def test_usage_error_is_a_message_not_a_traceback() -> None:
+    out = _run("info")
+    assert out.returncode == 2
+    assert "Missing option '--model'" in out.stderr and "Traceback" not in out.stderr

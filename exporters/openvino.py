@@ -1,0 +1,198 @@
+"""OpenVINO targets: ``openvino-fp32``, ``openvino-fp16`` and ``openvino-int8`` IR (``.xml`` + ``.bin``).
+
+Every target starts from the optimized fp32 ONNX (DESIGN.md, "Canonical IR"), converted with
+``openvino.convert_model`` and written with ``openvino.save_model``:
+
+- fp32 keeps fp32 weights (``compress_to_fp16=False``). The graph entry says ``fp32`` so the
+  runtime compiles it with ``INFERENCE_PRECISION_HINT=f32``: the CPU plugin otherwise runs
+  bf16 on CPUs with AVX-512 BF16 / AMX.
+- fp16 stores the weights as fp16 (``compress_to_fp16=True``); they are decompressed at load.
+- int8 is the QDQ ONNX the job's recipe describes (profile ``openvino``: NNCF's placement),
+  which OpenVINO's ONNX frontend reads as FakeQuantize on activations and int8 weight
+  constants; the CPU plugin's low-precision transformations then run those convolutions on
+  integers. The IR is checked against onnxruntime running the same QDQ ONNX on one input,
+  and the cosine is stored in the IR (``rt_info``: ``edgekit/ort_qdq_cosine``). A graph the
+  job has no recipe for (a detector head calibrated by no one) is written fp32 and says so.
+
+The ONNX metadata (``edgekit.*`` props: model, task, input spec, labels) is copied into the
+IR's ``rt_info`` under ``edgekit``, so an IR copied out of its bundle still says what it is.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+import numpy as np
+
+from edgekit.errors import ExportError
+from edgekit.exporters.onnx import tensor_specs
+from edgekit.exporters.registry import ExportJob, Precision, Target, register_target
+
+if TYPE_CHECKING:
+    import onnx
+    import openvino as ov
+
+    from edgekit.bundle import GraphFile
+    from edgekit.calib.recipe import QuantRecipe
+
+DEVICE = "CPU"
+QUANT_PROFILE = "openvino"
+# Lowest cosine between the int8 IR and onnxruntime on the same QDQ ONNX that passes export;
+# both quantize identically, so what is left is rounding order and the float parts' precision.
+MIN_QDQ_COSINE = 0.99
+# Symbolic dimensions are fed at this size when the IR is checked (batch, RoIs).
+_CHECK_DIM = 1
+
+
+def onnx_to_openvino(model: onnx.ModelProto) -> ov.Model:
+    """Convert an ONNX graph to an OpenVINO model (through a temporary file, as the frontend reads files)."""
+    import onnx
+    import openvino as ov
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.onnx"
+        onnx.save_model(model, path, save_as_external_data=False)
+        try:
+            return ov.convert_model(str(path))
+        except Exception as exc:  # the frontend raises its own OpConversionFailure / RuntimeError
+            raise ExportError(f"OpenVINO {ov.get_version()} cannot convert the graph: {exc}") from exc
+
+
+def save_ir(model: ov.Model, source: onnx.ModelProto, out_dir: Path, role: str, *, compress_to_fp16: bool,
+            precision: Precision, rt_info: Mapping[str, str] | None = None) -> GraphFile:
+    """Write ``<role>.xml`` / ``<role>.bin`` and describe them (tensor names and shapes from the ONNX)."""
+    import openvino as ov
+
+    from edgekit.bundle import GraphFile
+
+    props = {p.key.removeprefix("edgekit."): p.value for p in source.metadata_props if p.key.startswith("edgekit.")}
+    for key, value in {**props, **(rt_info or {})}.items():
+        model.set_rt_info(value, ["edgekit", key])
+    path = Path(out_dir) / f"{role}.xml"
+    ov.save_model(model, path, compress_to_fp16=compress_to_fp16)
+    return GraphFile.from_file(out_dir, path.name, role, inputs=tensor_specs(source.graph.input),
+                               outputs=tensor_specs(source.graph.output), precision=precision.value)
+
+
+class OpenVinoTarget(Target):
+    """Float IR: the optimized ONNX converted as is, weights stored at ``weight_precision``."""
+
+    weight_precision: ClassVar[Precision] = Precision.FP32
+
+    def export(self, job: ExportJob, out_dir: Path) -> list[GraphFile]:
+        """Convert each graph and save it as ``<role>.xml`` + ``<role>.bin``."""
+        compress = self.weight_precision is Precision.FP16
+        return [save_ir(onnx_to_openvino(graph), graph, out_dir, role, compress_to_fp16=compress,
+                        precision=self.weight_precision) for role, graph in job.graphs.items()]
+
+
+@register_target("openvino-fp32", precisions=(Precision.FP32,), dynamic_batch=True, requires=("openvino",),
+                 extra="openvino", summary="OpenVINO IR, fp32 weights, run at f32 by the CPU plugin")
+class OpenVinoFp32(OpenVinoTarget):
+    """OpenVINO IR with fp32 weights."""
+
+    weight_precision = Precision.FP32
+
+
+@register_target("openvino-fp16", precisions=(Precision.FP16,), dynamic_batch=True, requires=("openvino",),
+                 extra="openvino", summary="OpenVINO IR with fp16-compressed weights")
+class OpenVinoFp16(OpenVinoTarget):
+    """OpenVINO IR with fp16-compressed weights."""
+
+    weight_precision = Precision.FP16
+
+
+@register_target("openvino-int8", precisions=(Precision.INT8, Precision.FP32), dynamic_batch=True,
+                 requires=("openvino", "onnxruntime"), extra="openvino", quant_profile=QUANT_PROFILE,
+                 summary="OpenVINO IR from the recipe's QDQ ONNX (NNCF placement), FakeQuantize on the CPU plugin")
+class OpenVinoInt8(Target):
+    """INT8 IR: the recipe's QDQ ONNX converted, checked against onnxruntime on the same graph."""
+
+    def export(self, job: ExportJob, out_dir: Path) -> list[GraphFile]:
+        """Quantize each graph with its recipe, convert, check and save it; graphs without a recipe stay fp32."""
+        from edgekit.calib.qdq import quantize_model
+
+        if not job.recipes:
+            raise ExportError(f"target '{self.name}' needs a calibration recipe (profile '{QUANT_PROFILE}'); "
+                              "pass --calib-data with images the model's preprocessing applies to.")
+        files = []
+        for role, graph in job.graphs.items():
+            recipe = job.recipes.get(role)
+            if recipe is None:
+                files.append(save_ir(onnx_to_openvino(graph), graph, out_dir, role, compress_to_fp16=False,
+                                     precision=Precision.FP32))
+                continue
+            _check_profile(recipe, role)
+            qdq = quantize_model(graph, recipe)
+            model = onnx_to_openvino(qdq)
+            feeds = check_feeds(job, role, graph)
+            cosine = compare_with_onnxruntime(model, qdq, feeds)
+            if cosine < MIN_QDQ_COSINE:
+                raise ExportError(f"the int8 IR of graph '{role}' disagrees with onnxruntime on the same QDQ ONNX "
+                                  f"(cosine {cosine:.4f} < {MIN_QDQ_COSINE}); OpenVINO {_ov_version()} read some "
+                                  "Q/DQ pair differently. Export openvino-fp32, or onnx-int8 to run it in onnxruntime.")
+            files.append(save_ir(model, qdq, out_dir, role, compress_to_fp16=False, precision=Precision.INT8,
+                                 rt_info={"ort_qdq_cosine": f"{cosine:.6f}", "recipe_hash": recipe.content_hash(),
+                                          "quant_profile": recipe.profile}))
+        from edgekit.quantize import write_recipe_file
+
+        write_recipe_file(out_dir, {r: job.recipes[r] for r in job.graphs if r in job.recipes}, job.calibration)
+        return files
+
+
+def _check_profile(recipe: QuantRecipe, role: str) -> None:
+    if recipe.profile != QUANT_PROFILE:
+        raise ExportError(f"the recipe for graph '{role}' was derived for profile '{recipe.profile}', not "
+                          f"'{QUANT_PROFILE}'; calibrate with profile='{QUANT_PROFILE}' for openvino-int8.")
+
+
+def _ov_version() -> str:
+    import openvino as ov
+
+    return str(ov.get_version())
+
+
+def check_feeds(job: ExportJob, role: str, graph: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """One input for the onnxruntime comparison: the first calibration sample, else seeded noise."""
+    if job.calib_feeds is not None:
+        for feeds in job.calib_feeds(role):
+            return {name: np.asarray(value) for name, value in feeds.items()}
+    from onnx.helper import tensor_dtype_to_np_dtype
+
+    rng = np.random.default_rng(0)
+    feeds = {}
+    for value in graph.graph.input:
+        tensor = value.type.tensor_type
+        shape = [d.dim_value if d.HasField("dim_value") else _CHECK_DIM for d in tensor.shape.dim]
+        feeds[value.name] = rng.standard_normal(shape).astype(tensor_dtype_to_np_dtype(tensor.elem_type))
+    return feeds
+
+
+def compare_with_onnxruntime(model: ov.Model, qdq: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> float:
+    """Lowest cosine over the outputs of ``model`` on the CPU plugin vs onnxruntime running ``qdq`` node by node."""
+    import onnxruntime as ort
+    import openvino as ov
+
+    # Without graph optimizations onnxruntime runs each Q/DQ node as the ONNX spec defines it. Its
+    # optimizer would fold float conv biases into int32 at input scale x weight scale, which
+    # overflows where a calibrated range is tiny (seen on ThunderNet's CEM global branch, whose
+    # ReduceMean output spans ~1e-6) and would make the reference, not the IR, wrong.
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(qdq.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    names = [o.name for o in qdq.graph.output]
+    expected = dict(zip(names, session.run(names, dict(feeds))))
+    compiled = ov.Core().compile_model(model, DEVICE)
+    result = compiled(dict(feeds))
+    got = {port.get_any_name(): value for port, value in result.items()}
+    return min(cosine(got[name], expected[name]) for name in names)
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine similarity of two arrays, flattened in float64 (1.0 when both are all zeros)."""
+    x, y = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
+    norm = float(np.linalg.norm(x) * np.linalg.norm(y))
+    return 1.0 if norm == 0.0 and not x.any() and not y.any() else float(x @ y) / max(norm, 1e-300)
