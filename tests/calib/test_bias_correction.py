@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import io
 import json
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +15,7 @@ from edgekit.calib.bias_correction import bias_correction_report, correct_bias, 
 from edgekit.calib.recipe import Precision, Provenance, QuantRecipe, TensorKind, TensorQuant
 from edgekit.errors import CalibrationDataError
 from edgekit.graph.graph_view import GraphView, attr
+from zoo_onnx import trained_like_onnx
 
 OPSET = 17
 SAMPLES = Path(__file__).resolve().parents[2] / "edgekit" / "data" / "samples"
@@ -161,30 +160,11 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 @pytest.mark.slow
 def test_mobilenetv2_per_tensor_weights_get_closer_to_fp32() -> None:
-    torch = pytest.importorskip("torch")
-    import edgekit.models.zoo.mobilenetv2  # noqa: F401  (registers the model)
+    pytest.importorskip("torch")
     from edgekit.data import open_dataset
     from edgekit.data.transforms import Preprocess
-    from edgekit.graph import optimize
-    from edgekit.models import get_model
 
-    torch.manual_seed(0)
-    net = get_model("mobilenetv2").eval()
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():  # random BN statistics: the per-channel imbalance of a trained net
-        for bn in (m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)):
-            c = bn.num_features
-            bn.weight.copy_(torch.exp(torch.randn(c, generator=g)))
-            bn.bias.copy_(0.5 * torch.randn(c, generator=g))
-            bn.running_mean.copy_(0.2 * torch.randn(c, generator=g))
-            bn.running_var.copy_(torch.exp(torch.randn(c, generator=g)))
-    buffer = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(net, (torch.zeros(1, 3, 96, 96),), buffer, dynamo=False, opset_version=OPSET,
-                          input_names=["input"], output_names=["output"])
-    model = optimize(onnx.load_from_string(buffer.getvalue()))[0]
-
+    model = trained_like_onnx("mobilenetv2", 96)
     preprocess = Preprocess(imgsz=(96, 96))
     images = [preprocess(s.image)[0] for s in open_dataset(SAMPLES / "cls-val")]
     calibration, held_out = [{"input": x} for x in images[::2]], [{"input": x} for x in images[1::2]]

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import io
 import json
-import warnings
 
 import numpy as np
 import onnx
@@ -14,6 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgekit.calib.equalize import equalization_report, equalize_cross_layer, range_spread
 from edgekit.graph.graph_view import GraphView
+from zoo_onnx import trained_like_onnx
 
 OPSET = 17
 
@@ -153,36 +152,6 @@ def test_graph_without_equalizable_pairs_is_unchanged() -> None:
     assert report.description == ("equalized 0 conv pairs; skipped 2 (Clip is not positively homogeneous, "
                                   "Sigmoid is not positively homogeneous)")
     assert out.SerializeToString() == model.SerializeToString()
-
-
-def trained_like_onnx(name: str, size: int) -> onnx.ModelProto:
-    """The zoo model with random BatchNorm statistics (as a trained net has), exported and optimized.
-
-    Freshly initialised BN layers fold to identity and leave every channel range alike; random
-    gamma/var give the per-channel imbalance that folding puts into trained depthwise nets.
-    """
-    torch = pytest.importorskip("torch")
-    import edgekit.models.zoo.mobilenetv2  # noqa: F401
-    import edgekit.models.zoo.shufflenetv2  # noqa: F401  (registers the two models)
-    from edgekit.graph import optimize
-    from edgekit.models import get_model
-
-    torch.manual_seed(0)
-    model = get_model(name).eval()
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
-            c = bn.num_features
-            bn.weight.copy_(torch.exp(torch.randn(c, generator=g)))
-            bn.bias.copy_(0.5 * torch.randn(c, generator=g))
-            bn.running_mean.copy_(0.2 * torch.randn(c, generator=g))
-            bn.running_var.copy_(torch.exp(torch.randn(c, generator=g)))
-    buffer = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.zeros(1, 3, size, size),), buffer, dynamo=False, opset_version=OPSET,
-                          input_names=["input"], output_names=["output"])
-    return optimize(onnx.load_from_string(buffer.getvalue()))[0]
 
 
 # MobileNetV2: every conv -> conv path but the linear bottlenecks crosses a ReLU6 (Clip), and
