@@ -12,7 +12,6 @@ import torch
 from edgekit.cli import main
 from edgekit.data import open_dataset, synthesize
 from edgekit.models.registry import get_spec
-from edgekit.train import TrainConfig, train
 from edgekit.train.classification import ClassificationTrainer, random_dihedral
 
 
@@ -51,13 +50,6 @@ def test_dihedral_only_half_turns_non_square_items() -> None:
     images = np.arange(40 * 2 * 3).reshape(40, 2, 3)
     (out,) = random_dihedral(np.random.default_rng(0), images)
     assert out.shape == images.shape  # a quarter-turn would have failed to fit
-
-
-def test_tiny_overfit_drives_the_loss_down(cls12: Path, tmp_path: Path) -> None:
-    result = train(TrainConfig(model="shufflenetv2-0.5", data=cls12, out=tmp_path / "w.safetensors", epochs=12,
-                               batch=6, imgsz=32, lr=5e-3, threads=1, progress=False, seed=0))
-    first, last = result.losses[0]["ce"], result.losses[-1]["ce"]
-    assert last < 0.6 * first, result.losses
 
 
 def test_cli_trains_then_evaluates_to_json(cls12: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

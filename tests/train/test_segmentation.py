@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from edgekit.data import open_dataset, synthesize
 from edgekit.models.registry import get_spec
 from edgekit.models.weights import load_weights
-from edgekit.train import TrainConfig, read_card, train
+from edgekit.train import TrainConfig, train
 from edgekit.train.segmentation import SegmentationTrainer, ohem_cross_entropy
 
 
@@ -55,16 +55,6 @@ def test_bisenet_trains_with_aux_heads_and_ships_without_them(seg4: Path, tmp_pa
                                imgsz=64, threads=1, progress=False))
     assert set(result.losses[0]) == {"ce", "aux1", "aux2", "loss"}
     load_weights(get_spec("bisenet").build(num_classes=7), result.weights, strict=True)
-
-
-def test_tiny_overfit_drives_the_loss_down(seg4: Path, tmp_path: Path) -> None:
-    result = train(TrainConfig(model="lpsnet-s", data=seg4, out=tmp_path / "w.safetensors", epochs=25, batch=4,
-                               imgsz=64, lr=5e-3, threads=1, progress=False, val=seg4))
-    first, last = result.losses[0]["ce"], result.losses[-1]["ce"]
-    assert last < 0.5 * first, result.losses
-    card = read_card(result.weights)
-    assert card is not None and card.num_classes == 7 and card.class_names[0] == "background"
-    assert card.metric is not None and card.metric["pixel_accuracy"] > 0.7
 
 
 def test_ohem_averages_only_the_hard_pixels() -> None:
