@@ -241,13 +241,16 @@ def train_command(
     threads: Annotated[int | None, typer.Option(help="torch CPU threads for the run.")] = None,
     val: Annotated[Path | None, typer.Option(help="Held-out data scored after training; the metric goes "
                                              "into the card.")] = None,
+    init: Annotated[Path | None, typer.Option(help="Start from these weights (a shipped fixture or an earlier "
+                                              "run) to fine-tune or continue, instead of a fresh init.")] = None,
 ) -> None:
     """Train a zoo model (classify, segment or detect) and write fp16 safetensors weights."""
     from edgekit.train import TrainConfig, train
 
     result = train(TrainConfig(model=model, data=data, out=out, epochs=epochs, imgsz=imgsz, batch=batch, lr=lr,
                                optimizer=optimizer, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
-                               seed=seed, num_classes=num_classes, limit=limit, threads=threads, val=val))
+                               seed=seed, num_classes=num_classes, limit=limit, threads=threads, val=val,
+                               init=init))
     last = " ".join(f"{k} {v:.4f}" for k, v in result.losses[-1].items())
     console.print(f"[bold]{model}[/bold] -> {result.weights} ({result.wall_s:.0f} s; last epoch {last})")
     if result.metric is not None:
@@ -256,20 +259,42 @@ def train_command(
 
 @app.command("eval")
 def eval_command(
-    model: Annotated[str, typer.Option("--model", "-m", help="Registered model name (see `edgekit models`).")],
     data: Annotated[Path, typer.Option(help="Labelled data in any layout edgekit reads.")],
-    weights: Annotated[Path | None, typer.Option(help="Weights (.safetensors or .pt state dict); the card "
-                                                 "beside them sets input size and preprocessing.")] = None,
+    bundle: Annotated[Path | None, typer.Argument(help="A bundle directory: score it with the runtime SDK "
+                                                  "(no torch). Leave out and give --model to score "
+                                                  "PyTorch weights.")] = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Registered model name (see `edgekit "
+                                              "models`): score it in PyTorch.")] = None,
+    weights: Annotated[Path | None, typer.Option(help="With --model: weights (.safetensors or .pt state dict); "
+                                                 "the card beside them sets input size and "
+                                                 "preprocessing.")] = None,
+    backend: Annotated[str, typer.Option(help="With BUNDLE: onnxruntime, openvino, litert or tensorrt.")]
+    = "onnxruntime",
+    reference: Annotated[bool, typer.Option(help="With BUNDLE: score its fp32 reference graphs instead of "
+                                            "the quantized ones.")] = False,
+    threads: Annotated[int | None, typer.Option(min=1, help="With BUNDLE: CPU threads per inference.")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the metrics to this file.")] = None,
-    limit: Annotated[int | None, typer.Option(help="Score only the first N images.")] = None,
-    batch: Annotated[int, typer.Option(help="Images per forward pass.")] = 16,
+    limit: Annotated[int | None, typer.Option(help="With --model: score only the first N images.")] = None,
+    batch: Annotated[int, typer.Option(help="With --model: images per forward pass.")] = 16,
 ) -> None:
-    """Score weights in PyTorch: top-1/top-5 for classifiers, mIoU for segmenters; prints JSON."""
+    """Score a bundle (runtime SDK) or PyTorch weights on labelled data: top-1/top-5, COCO mAP/AP50 or mIoU as JSON."""
     import json
 
-    from edgekit.evaluate import evaluate
+    if (bundle is None) == (model is None):
+        raise EdgekitError("give either a BUNDLE directory (runtime evaluation) or --model NAME (PyTorch "
+                           "evaluation), not both and not neither.")
+    if bundle is not None:
+        from edgekit.bundle_eval import evaluate_bundle
 
-    metrics = evaluate(model, weights, data, limit=limit, batch_size=batch, progress=True)
+        metrics = evaluate_bundle(bundle, data, reference=reference, backend=backend, threads=threads,
+                                  progress=True)
+        metrics = {"bundle": str(bundle), "backend": backend, "graphs": "fp32 reference" if reference else
+                   "bundle", **metrics}
+    else:
+        from edgekit.evaluate import evaluate
+
+        assert model is not None
+        metrics = evaluate(model, weights, data, limit=limit, batch_size=batch, progress=True)
     text = json.dumps(metrics, indent=1)
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)

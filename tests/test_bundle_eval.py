@@ -49,3 +49,26 @@ def test_another_graph_file_runs_in_the_bundle_pipeline(fp32_bundle: Path, tmp_p
 def test_data_of_another_task_is_refused(fp32_bundle: Path) -> None:
     with pytest.raises(EdgekitError, match="is a segment dataset but the bundle is a classify model"):
         evaluate_bundle(fp32_bundle, ROOT / "edgekit" / "data" / "samples" / "seg-val")
+
+
+def test_cli_scores_a_bundle_without_torch(fp32_bundle: Path, tmp_path: Path) -> None:
+    # `edgekit eval BUNDLE` is the board-side evaluation: run it where torch cannot be imported.
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "m.json"
+    code = ("import sys; sys.modules['torch'] = None; from edgekit.cli import main; "
+            f"sys.exit(main(['eval', {str(fp32_bundle)!r}, '--data', {str(CLS_VAL)!r}, '--json', {str(out)!r}]))")
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, timeout=300)
+    metrics = json.loads(out.read_text())
+    assert metrics["images"] == 60 and metrics["backend"] == "onnxruntime"
+    assert metrics["top1"] == pytest.approx(evaluate_bundle(fp32_bundle, CLS_VAL)["top1"])
+
+
+def test_cli_eval_wants_a_bundle_or_a_model(capsys: pytest.CaptureFixture[str]) -> None:
+    from edgekit.cli import main
+
+    assert main(["eval", "--data", str(CLS_VAL)]) != 0
+    printed = capsys.readouterr()
+    assert "either a BUNDLE directory" in printed.out + printed.err

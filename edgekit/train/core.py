@@ -67,6 +67,7 @@ from torch import Tensor, nn
 from edgekit.data import ImageDataset, Preprocess, open_dataset
 from edgekit.errors import EdgekitError, suggest
 from edgekit.models.registry import ModelSpec, Task, get_spec
+from edgekit.models.weights import WeightsError, load_weights, read_state_dict
 from edgekit.train.checkpoint import WeightsCard, card_path, save_weights, write_card
 
 # Modules that register a TaskTrainer (and an evaluator) when imported.
@@ -120,6 +121,8 @@ class TrainConfig:
         limit: train on a seeded random subset of this many images.
         threads: torch intra-op threads for the run (restored afterwards); None leaves it.
         val: held-out dataset evaluated once at the end; its metric goes into the card.
+        init: weights to start from (a shipped fixture or an earlier run) instead of a fresh init;
+            training-only modules the file lacks (auxiliary heads) keep their fresh init.
         progress: show rich progress bars (on stderr).
     """
 
@@ -138,13 +141,15 @@ class TrainConfig:
     limit: int | None = None
     threads: int | None = None
     val: Path | None = None
+    init: Path | None = None
     progress: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data", Path(self.data))
         object.__setattr__(self, "out", Path(self.out))
-        if self.val is not None:
-            object.__setattr__(self, "val", Path(self.val))
+        for name in ("val", "init"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, Path(getattr(self, name)))
         checks = (("epochs", self.epochs, 1), ("imgsz", self.imgsz, 32), ("batch", self.batch, 2),
                   ("num_classes", self.num_classes, 1), ("limit", self.limit, 2), ("threads", self.threads, 1))
         for name, value, least in checks:
@@ -222,6 +227,27 @@ class TaskTrainer(ABC):
     @abstractmethod
     def loss(self, model: nn.Module, batch: Any) -> dict[str, Tensor]:
         """Named scalar loss terms of ``model`` on ``batch``; the trainer minimises their sum."""
+
+    def load_init(self, model: nn.Module, path: Path) -> None:
+        """Start ``model`` from the weights in ``path`` (what :meth:`export_state` wrote).
+
+        Every weight of the inference build must be in the file with its shape; only
+        training-only modules may be missing, and they keep their fresh init.
+        """
+        if not path.is_file():
+            raise TrainError(f"init weights '{path}' do not exist; give a .safetensors file written by edgekit train")
+        with torch.device("meta"):
+            reference = set(self.spec.build(num_classes=self.num_classes).state_dict())
+        state = read_state_dict(path)
+        lacking = sorted(reference - set(state))
+        if lacking:
+            raise TrainError(f"init weights '{path}' lack {len(lacking)} weight(s) of {self.spec.name} with "
+                             f"{self.num_classes} classes (first: {lacking[:3]}); were they trained for this "
+                             "model and class count?")
+        try:
+            load_weights(model, path, strict=False)
+        except WeightsError as exc:
+            raise TrainError(str(exc)) from exc
 
     def export_state(self, model: nn.Module) -> dict[str, Tensor]:
         """The weights to ship: the keys of the model as the registry builds it by default.
@@ -313,6 +339,8 @@ def train(config: TrainConfig) -> TrainResult:
     with _run_context(config.seed, config.threads):
         trainer = cls(dataset, cls.default_preprocess(imgsz), spec, num_classes)
         model = trainer.build_model().train()
+        if config.init is not None:
+            trainer.load_init(model, config.init)
         optimizer = make_optimizer(model, config.optimizer or d.optimizer, config.lr or d.lr,
                                    d.weight_decay if config.weight_decay is None else config.weight_decay)
         warmup = d.warmup_epochs if config.warmup_epochs is None else config.warmup_epochs

@@ -40,7 +40,7 @@ from edgekit.evaluate import default_preprocess
 from edgekit.models.detection import TwoStageDetector
 from edgekit.models.ops import box_iou, rois_from_list
 from edgekit.models.registry import Task
-from edgekit.train.core import TaskDefaults, TaskTrainer, register_task_trainer
+from edgekit.train.core import TaskDefaults, TaskTrainer, TrainError, register_task_trainer
 
 IGNORE = -1  # anchor / RoI label: not sampled, no loss
 
@@ -198,7 +198,7 @@ def losses(model: TwoStageDetector, images: Tensor, targets: list[DetectionTarge
     The total loss is the plain sum of the four terms (Faster R-CNN's weights, all 1).
     """
     if len(targets) != images.shape[0]:
-        raise ValueError(f"{len(targets)} targets for a batch of {images.shape[0]} images; give one per image")
+        raise TrainError(f"{len(targets)} targets for a batch of {images.shape[0]} images; give one per image")
     h, w = images.shape[-2:]
     rpn_logits, rpn_deltas, features = model.stage1(images)
     rpn_cls, rpn_box = rpn_losses(model, rpn_logits, rpn_deltas, targets, config)
@@ -284,6 +284,9 @@ class DetectionTrainer(TaskTrainer):
 
     def loss(self, model: nn.Module, batch: tuple[Tensor, list[DetectionTarget]]) -> dict[str, Tensor]:
         """The four Faster R-CNN terms of :func:`losses`."""
+        if not isinstance(model, TwoStageDetector):
+            raise TrainError(f"{type(model).__name__} is not a TwoStageDetector; the detection trainer trains "
+                             "the two-stage zoo detectors (thundernet-*, lighthead-rcnn) only")
         images, targets = batch
         return losses(model, images, targets)
 

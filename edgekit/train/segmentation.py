@@ -35,7 +35,7 @@ OHEM_MIN_KEPT = 1 / 16  # and at least this share of the labelled pixels is alwa
 class SegmentationTrainer(TaskTrainer):
     """Trains ``[N, 3, H, W] -> [N, C, H, W]`` segmenters on image/mask data."""
 
-    defaults = TaskDefaults(imgsz=256, batch=4, lr=4e-3, optimizer="adamw", weight_decay=0.01, warmup_epochs=1.0)
+    defaults = TaskDefaults(imgsz=256, batch=4, lr=1e-3, optimizer="adamw", weight_decay=0.01, warmup_epochs=1.0)
 
     @property
     def ignore_index(self) -> int:

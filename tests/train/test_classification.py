@@ -12,6 +12,7 @@ import torch
 from edgekit.cli import main
 from edgekit.data import open_dataset, synthesize
 from edgekit.models.registry import get_spec
+from edgekit.train import TrainConfig, train
 from edgekit.train.classification import ClassificationTrainer, random_dihedral
 
 
@@ -50,6 +51,15 @@ def test_dihedral_only_half_turns_non_square_items() -> None:
     images = np.arange(40 * 2 * 3).reshape(40, 2, 3)
     (out,) = random_dihedral(np.random.default_rng(0), images)
     assert out.shape == images.shape  # a quarter-turn would have failed to fit
+
+
+def test_tiny_overfit_drives_the_loss_down(tmp_path: Path) -> None:
+    # Six 64x64 images, one batch, 12 steps: the loss falls from ~ln 6 towards the smoothing floor.
+    data = synthesize("cls", 6, 11, tmp_path / "cls", imgsz=64)
+    result = train(TrainConfig(model="mobilenetv3-small", data=data, out=tmp_path / "w.safetensors", epochs=12,
+                               batch=6, imgsz=64, lr=3e-3, weight_decay=0.0, threads=1, progress=False, seed=0))
+    ce = [epoch["ce"] for epoch in result.losses]
+    assert np.mean(ce[-3:]) < 0.6 * np.mean(ce[:3]), ce
 
 
 def test_cli_trains_then_evaluates_to_json(cls12: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

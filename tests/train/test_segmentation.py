@@ -57,6 +57,15 @@ def test_bisenet_trains_with_aux_heads_and_ships_without_them(seg4: Path, tmp_pa
     load_weights(get_spec("bisenet").build(num_classes=7), result.weights, strict=True)
 
 
+def test_tiny_overfit_drives_the_loss_down(seg4: Path, tmp_path: Path) -> None:
+    # Four 64x64 scenes, one batch, 12 steps of BiSeNet (main and both auxiliary heads).
+    result = train(TrainConfig(model="bisenet", data=seg4, out=tmp_path / "w.safetensors", epochs=12, batch=4,
+                               imgsz=64, lr=5e-3, weight_decay=0.0, threads=1, progress=False))
+    ce = [epoch["ce"] for epoch in result.losses]
+    assert np.mean(ce[-3:]) < 0.6 * np.mean(ce[:3]), ce
+    assert result.losses[-1]["aux1"] < result.losses[0]["aux1"]
+
+
 def test_ohem_averages_only_the_hard_pixels() -> None:
     # 10 pixels of class 0: 8 confidently right (p ~ 0.999), 2 wrong; 2 more ignored.
     logits = torch.zeros(1, 2, 1, 12)

@@ -167,8 +167,27 @@ def test_recorded_command_parses_back_into_the_same_config() -> None:
 
     cfg = TrainConfig(model="bisenet", data=Path("d"), out=Path("w.safetensors"), epochs=3, imgsz=64, batch=4,
                       lr=0.01, optimizer="sgd", weight_decay=0.0, warmup_epochs=0.5, seed=9, num_classes=7,
-                      limit=50, threads=1, val=Path("v"))
+                      limit=50, threads=1, val=Path("v"), init=Path("i.safetensors"))
     args = cfg.command_line().split()[2:]
     params = typer.main.get_command(app).commands["train"].make_context("train", args).params  # type: ignore[attr-defined]
     rebuilt = TrainConfig(**params, progress=cfg.progress)
     assert rebuilt == cfg
+
+
+def test_init_starts_from_the_file_and_refuses_another_architecture(tiny_cls: Path, tmp_path: Path) -> None:
+    first = train(_config(tiny_cls, tmp_path / "a.safetensors", seed=1)).weights
+    # A near-zero learning rate: the convolutions leave the run as they came from --init (fp16 round trip).
+    again = train(_config(tiny_cls, tmp_path / "b.safetensors", seed=2, lr=1e-12, weight_decay=0.0,
+                          init=first)).weights
+    fresh = train(_config(tiny_cls, tmp_path / "c.safetensors", seed=2, lr=1e-12, weight_decay=0.0)).weights
+    build = get_spec("shufflenetv2-0.5").build
+    a, b, c = (load_weights(build(num_classes=6), w).state_dict() for w in (first, again, fresh))
+    convs = [k for k in a if k.endswith(".weight") and a[k].dim() == 4]
+    assert convs and all(torch.equal(a[k], b[k]) for k in convs)
+    assert not any(torch.equal(a[k], c[k]) for k in convs)
+    with pytest.raises(TrainError, match="lack .* weight"):
+        train(_config(tiny_cls, tmp_path / "d.safetensors", model="mobilenetv2", init=first))
+    with pytest.raises(TrainError, match="shape mismatch"):  # same keys, other widths
+        train(_config(tiny_cls, tmp_path / "d.safetensors", model="shufflenetv2-1.0", init=first))
+    with pytest.raises(TrainError, match="do not exist"):
+        train(_config(tiny_cls, tmp_path / "e.safetensors", init=tmp_path / "missing.safetensors"))
