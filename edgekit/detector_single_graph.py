@@ -7,11 +7,9 @@ constant K, but it is not run here). The glue of :mod:`edgekit.runtimes.twostage
 
 - proposals: the anchors are a constant (the grid is fixed by the input size); TopK of the
   objectness, Gather, box decode as arithmetic, clip (Min/Max), NonMaxSuppression;
-- PSRoI align: RoiAlign on the whole ``ps * p * p`` channel map (``half_pixel`` is
-  ``aligned=True``, ``avg``, the same sampling ratio) gives ``[R, ps * p * p, p, p]``; bin
-  ``(i, j)`` of output channel ``c`` is read from channel ``c * p * p + i * p + j`` at spatial
-  bin ``(i, j)`` (GatherElements on the diagonal). RoiAlign computes ``p * p`` times the bins
-  that are kept: the price of a standard op;
+- PSRoI align: one RoiAlign (``half_pixel`` is ``aligned=True``, ``avg``, the same sampling
+  ratio) pools every bin rectangle of every RoI 1x1 from the ``ps`` channels of its bin (the
+  channel map regrouped into ``p * p`` images), then a transpose puts the bins back in place;
 - the head graph, then Softmax, decode, clip, NonMaxSuppression over all classes at once
   (boxes shared, one score row per class), GatherND of the scores, padding, TopK of K.
 
@@ -127,20 +125,39 @@ def _proposals(b: _Builder, params: TwoStageParams, grid_hw: tuple[int, int], im
 
 
 def _ps_roi_align(b: _Builder, proposals: str, params: TwoStageParams) -> str:
-    """``[P, 4]`` proposals -> pooled ``[P, ps, p, p]`` by RoiAlign and a position-sensitive gather."""
+    """``[P, 4]`` proposals -> pooled ``[P, ps, p, p]``: one RoiAlign over every (bin, RoI) pair.
+
+    Bin ``(i, j)`` of a RoI reads only the ``ps`` channels ``c * p * p + i * p + j``, so the
+    feature map is regrouped into ``p * p`` images of ``ps`` channels (one per bin) and each
+    RoI is cut into its ``p * p`` bin rectangles, each pooled 1x1 from its bin's image. A 1x1
+    RoiAlign over a bin rectangle takes the samples of that bin in the whole-RoI RoiAlign (same
+    start, same bin size, same sampling ratio), so only float rounding of the bin corners
+    differs; it computes ``p * p`` times fewer values than pooling the whole RoI on every channel.
+    """
     p, c = params.pooled_size, params.ps_channels
+    bins = p * p
+    # features [1, c * bins, H, W] -> [bins, c, H, W]: image k holds channels c * bins + k.
+    grouped = b.op("Transpose", b.op("Reshape", "features", b.ints(c, bins, 0, 0)), perm=[1, 0, 2, 3])
+    # Bin rectangles [bins, P, 4]: x1 + j * w / p ... in input pixels (RoiAlign scales them).
+    x1, y1, x2, y2 = (b.op("Unsqueeze", b.column(proposals, k), b.ints(0)) for k in range(4))  # [1, P]
+    step_x = b.op("Div", b.op("Sub", x2, x1), b.const([float(p)]))
+    step_y = b.op("Div", b.op("Sub", y2, y1), b.const([float(p)]))
+    cols = b.const(np.tile(np.arange(p, dtype=np.float32), p).reshape(bins, 1))  # j of bin k
+    rows = b.const(np.repeat(np.arange(p, dtype=np.float32), p).reshape(bins, 1))  # i of bin k
+    left, top = b.op("Add", x1, b.op("Mul", cols, step_x)), b.op("Add", y1, b.op("Mul", rows, step_y))
+    rects = b.op("Concat", *(b.op("Unsqueeze", t, b.ints(2)) for t in
+                             (left, top, b.op("Add", left, step_x), b.op("Add", top, step_y))), axis=2)
     count = b.op("Shape", proposals, start=0, end=1)
-    batch_idx = b.op("ConstantOfShape", count, value=helper.make_tensor("zero", TensorProto.INT64, [1], [0]))
+    image_of = b.op("Expand", b.const(np.arange(bins).reshape(bins, 1), np.int64),
+                    b.op("Concat", b.ints(bins), count, axis=0))  # [bins, P]: bin k reads image k
     mode = "half_pixel" if params.aligned else "output_half_pixel"
-    aligned = b.op("RoiAlign", "features", proposals, batch_idx, mode="avg", output_height=p, output_width=p,
-                   sampling_ratio=params.sampling_ratio, spatial_scale=params.spatial_scale,
-                   coordinate_transformation_mode=mode)
-    # [P, c * p * p, p, p] -> [P, c, bin k, spatial k']; keep k == k'.
-    grouped = b.op("Reshape", aligned, b.ints(-1, c, p * p, p * p))
-    index = b.op("Expand", b.const(np.arange(p * p).reshape(1, 1, p * p, 1), np.int64),
-                 b.op("Concat", count, b.ints(c, p * p, 1), axis=0))
-    diagonal = b.op("GatherElements", grouped, index, axis=3)
-    return b.op("Reshape", diagonal, b.ints(-1, c, p, p), name=_HEAD_PREFIX + "pooled")
+    pooled = b.op("RoiAlign", grouped, b.op("Reshape", rects, b.ints(-1, 4)), b.op("Reshape", image_of, b.ints(-1)),
+                  mode="avg", output_height=1, output_width=1, sampling_ratio=params.sampling_ratio,
+                  spatial_scale=params.spatial_scale, coordinate_transformation_mode=mode)  # [bins * P, c, 1, 1]
+    # [bins, P, c] -> [P, c, bins] -> [P, c, p, p]
+    per_roi = b.op("Transpose", b.op("Reshape", pooled, b.op("Concat", b.ints(bins), count, b.ints(c), axis=0)),
+                   perm=[1, 2, 0])
+    return b.op("Reshape", per_roi, b.ints(-1, c, p, p), name=_HEAD_PREFIX + "pooled")
 
 
 def _detections(b: _Builder, proposals: str, params: TwoStageParams, image_size: tuple[int, int]) -> None:

@@ -26,8 +26,10 @@ import numpy as np
 from PIL import Image
 
 from edgekit.bundle import Manifest, read_manifest, verify
+from edgekit.data.errors import PreprocessError
 from edgekit.data.image_io import load_image
-from edgekit.data.transforms import ImageMeta, Preprocess, boxes_to_original, mask_to_original, resize_nearest
+from edgekit.data.transforms import (ChannelOrder, ImageMeta, Preprocess, boxes_to_original, mask_to_original,
+                                     resize_nearest)
 from edgekit.errors import BundleError, suggest
 from edgekit.runtimes.backends import Backend, BackendEntry, create_backend, get_entry
 from edgekit.runtimes.results import ClassResult, Detections, SegmentationResult, label_names
@@ -35,6 +37,8 @@ from edgekit.runtimes.select import PlatformInfo, choose_backend
 from edgekit.runtimes.twostage import POSTPROCESS_KIND, TwoStageParams, detect, softmax
 
 ImageInput = Image.Image | str | Path | np.ndarray
+# Channel orders a numpy image may come in (``predict(..., input_order=)``).
+INPUT_ORDERS: tuple[str, ...] = tuple(c.value for c in ChannelOrder)
 Result = ClassResult | Detections | SegmentationResult
 
 
@@ -57,11 +61,12 @@ class GraphMode(StrEnum):
 # Backends that run the single-graph detector (opset-17 RoiAlign, NonMaxSuppression, TopK with
 # data-dependent sizes) -> whether ``graph="auto"`` picks it there. onnxruntime and OpenVINO's
 # CPU plugin run it (tests/runtimes/test_tasks.py checks both against the pipeline); LiteRT
-# has no RoiAlign, and TensorRT engines are built from the stage graphs. Neither is picked
-# by ``auto`` yet: the single graph pools with RoiAlign over all ps * p * p channels and keeps
-# 1 bin in p * p, so it ran slower than the pipeline here (thundernet-snet146, 320x320,
-# 2 threads, p50: onnxruntime 74 vs 43 ms, OpenVINO 78 vs 70 ms; docs/benchmarks/runtime_split.json).
-SINGLE_GRAPH_BACKENDS: dict[str, bool] = {"onnxruntime": False, "openvino": False}
+# has no RoiAlign, and TensorRT engines are built from the stage graphs. ``auto`` picks it on
+# both since its PSRoI pooling became one 1x1 RoiAlign per (bin, RoI) (it used to pool every
+# channel over every bin, p * p times the work, and lost to the pipeline): thundernet-snet146,
+# 320x320, 2 threads, interleaved p50 onnxruntime 35.3 vs 44.6 ms, OpenVINO 48.6 vs 57.2 ms,
+# pre + post 2.9 % / 2.0 % of the latency (docs/benchmarks/runtime_split.json).
+SINGLE_GRAPH_BACKENDS: dict[str, bool] = {"onnxruntime": True, "openvino": True}
 
 
 @dataclass(frozen=True)
@@ -138,6 +143,9 @@ class Task:
     def predict_timed(self, image: ImageInput, *, input_order: str = "rgb") -> tuple[Result, StageTimes]:
         """``predict`` and where its time went."""
         start = perf_counter()
+        if input_order not in INPUT_ORDERS:
+            raise PreprocessError(f"input_order '{input_order}' is not a channel order; use "
+                                  f"{' or '.join(INPUT_ORDERS)} (bgr for OpenCV frames).")
         x, meta = self.preprocess(open_image(image), input_order=input_order)
         x = self._fill_batch(x)
         prepared = perf_counter()

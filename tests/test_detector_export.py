@@ -240,3 +240,35 @@ def test_single_graph_runs_in_openvino(case: Case, tmp_path: Path) -> None:
     (pb, ps, pl) = case.pipeline_out
     assert np.array_equal(labels, pl)
     assert np.abs(boxes - pb).max() <= 1e-2 and np.abs(scores - ps).max() <= 1e-3
+
+
+def test_single_graph_pooling_equals_the_numpy_ps_roi_align() -> None:
+    # The per-bin RoiAlign of the single graph against the runtime's PSRoI align, on random
+    # features and RoIs that reach past the map's edges.
+    from edgekit.detector_single_graph import _Builder, _ps_roi_align
+    from edgekit.runtimes.twostage import TwoStageParams, ps_roi_align
+
+    rng = np.random.default_rng(3)
+    c, p, h, w = 5, 7, 20, 20
+    features = rng.normal(size=(1, c * p * p, h, w)).astype(np.float32)
+    corners = rng.uniform(-40, 360, size=(37, 2, 2)).astype(np.float32)
+    proposals = np.concatenate([corners.min(axis=1), corners.max(axis=1)], axis=1)
+    params = TwoStageParams(num_classes=6, background_index=0, anchor_sizes=(32.0,), anchor_ratios=(1.0,),
+                            stride=16, pre_nms_top_n=100, post_nms_top_n=37, rpn_nms_threshold=0.7,
+                            box_nms_threshold=0.5, score_threshold=0.05, max_detections=10, pooled_size=p,
+                            sampling_ratio=2, ps_channels=c, spatial_scale=1 / 16, aligned=True,
+                            rpn_box_weights=(1.0, 1.0, 1.0, 1.0), rcnn_box_weights=(10.0, 10.0, 5.0, 5.0),
+                            scale_clamp=4.0)
+    b = _Builder()
+    _ps_roi_align(b, "proposals", params)
+    graph = onnx.helper.make_graph(
+        b.nodes, "pool",
+        [onnx.helper.make_tensor_value_info("features", onnx.TensorProto.FLOAT, list(features.shape)),
+         onnx.helper.make_tensor_value_info("proposals", onnx.TensorProto.FLOAT, ["P", 4])],
+        [onnx.helper.make_tensor_value_info("head/pooled", onnx.TensorProto.FLOAT, None)], initializer=b.constants)
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    (ours,) = session(model).run(None, {"features": features, "proposals": proposals})
+    rois = np.concatenate([np.zeros((len(proposals), 1), np.float32), proposals], axis=1)
+    expected = ps_roi_align(features, rois, p, params.spatial_scale, params.sampling_ratio, aligned=True)
+    assert ours.shape == expected.shape == (37, c, p, p)
+    np.testing.assert_allclose(ours, expected, atol=1e-5, rtol=1e-5)
