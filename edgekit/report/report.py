@@ -6,7 +6,9 @@ reference graphs ``<role>.fp32.onnx`` and ``recipe.json``):
 - the task metric of both on the evaluation split (disjoint from calibration), and the drop
   in points against the budget: PASS / FAIL (NOT EVALUATED without evaluation data);
 - per-layer errors (SQNR, cosine, max abs error) on a few images, worst first;
-- latency of both, interleaved in one process on the same backend, and the speed-up;
+- latency of both, interleaved in one process, and the speed-up: on one backend where an
+  installed one reads both (TFLite bundles: fp32 references on onnxruntime, INT8 on LiteRT,
+  and the report says so);
 - the CPU's ISA and the profile calibration chose for it, and how many convolutions
   onnxruntime runs as integer kernels;
 
@@ -132,20 +134,26 @@ def build_report(bundle: str | Path, options: ReportOptions, *, bundle_name: str
     headline = HEADLINES[manifest.task]
     dataset = options.evaluation.open() if options.evaluation is not None else None
     notes = [f"graph '{role}' is not quantized: {why}" for role, why in calibration.get("float_only_roles", {}).items()]
-    backend = choose_backend(manifest)
+    backends = choose_backends(manifest)
     accuracy = _Accuracy()
     latency = None
     images, layer_source = _probe_images(dataset, calibration, options.layer_images)
-    if backend is None:
-        notes.insert(0, f"no installed backend here reads all of {', '.join(g.path for g in manifest.graphs)}: "
-                        "accuracy and latency were not measured. Run `edgekit report` where one is installed.")
+    if None in backends.values():
+        unread = [g.path for g in manifest.graphs]
+        notes.insert(0, f"no installed backend here reads {', '.join(unread)}: accuracy and latency were not "
+                        "measured. Run `edgekit report` where one is installed.")
     else:
-        tasks = {"fp32": load_task(bundle, reference=True, backend=backend, threads=options.threads),
-                 "int8": load_task(bundle, backend=backend, threads=options.threads)}
+        tasks = {"fp32": load_task(bundle, reference=True, backend=backends["fp32"], threads=options.threads),
+                 "int8": load_task(bundle, backend=backends["int8"], threads=options.threads)}
+        backend = _backend_label(backends)
         accuracy = _accuracy(tasks, dataset, manifest, headline.key, options, backend)
         notes.insert(0, accuracy.note)
         latency = compare_latency(tasks, images[0].image if images else _blank(manifest), runs=options.latency_runs,
                                   backend=backend, threads=options.threads)
+        if backends["fp32"] != backends["int8"]:
+            notes.append(f"the fp32 reference graphs ran on {backends['fp32']} and the INT8 graphs on "
+                         f"{backends['int8']} (no installed backend reads both): the speed-up compares engines "
+                         "as well as precisions.")
     layers = _layers(bundle, manifest, recipes, images) if images else []
     if not images:
         notes.append("per-layer errors were not measured: no evaluation or calibration images are available.")
@@ -243,14 +251,33 @@ def read_report(bundle: str | Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def choose_backend(manifest: Manifest) -> str | None:
-    """The first installed backend (onnxruntime first) that reads every graph file of the bundle, or None."""
+def choose_backends(manifest: Manifest) -> dict[str, str | None]:
+    """Backend for the ``fp32`` reference graphs and for the ``int8`` graphs (None: none installed reads them).
+
+    One backend for both where an installed one reads every file (onnxruntime first), so the
+    speed-up compares precisions on one engine; otherwise each variant gets the first that reads
+    its own files (a TFLite bundle: the ``.fp32.onnx`` references on onnxruntime, the
+    ``.tflite`` graphs on LiteRT).
+    """
+    from edgekit.quantize import REFERENCE_SUFFIX
     from edgekit.runtimes.backends import BACKENDS, installed_backends
 
-    installed = installed_backends()
-    files = [g.path for g in manifest.graphs]
-    return next((name for name in BACKEND_PREFERENCE
-                 if name in installed and all(BACKENDS[name].reads(f) for f in files)), None)
+    installed = [name for name in BACKEND_PREFERENCE if name in installed_backends()]
+    reference = [g.path for g in manifest.graphs if g.role.endswith(REFERENCE_SUFFIX)]
+    quantized = [g.path for g in manifest.graphs if not g.role.endswith(REFERENCE_SUFFIX)]
+
+    def first(files: list[str]) -> str | None:
+        return next((name for name in installed if all(BACKENDS[name].reads(f) for f in files)), None)
+
+    both = first(reference + quantized)
+    return {"fp32": both or first(reference), "int8": both or first(quantized)}
+
+
+def _backend_label(backends: Mapping[str, str | None]) -> str:
+    """``onnxruntime``, or ``onnxruntime (fp32) / litert (int8)`` where the variants ran apart."""
+    if backends["fp32"] == backends["int8"]:
+        return str(backends["int8"])
+    return f"{backends['fp32']} (fp32) / {backends['int8']} (int8)"
 
 
 def _check_classes(manifest: Manifest, dataset: Any) -> None:
