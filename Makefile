@@ -36,5 +36,11 @@ test: $(STAMP) chromium
 	if [ $$status -eq 5 ]; then echo "make test: pytest collected no tests (exit 5)" >&2; fi; \
 	exit $$status
 
+## The Raspberry Pi check (docs/boards.md): the board SDK runs real bundles on an emulated arm64
+# Debian (qemu-user) and must agree with this machine. Downloads are cached in build/board-arm64.
+.PHONY: board-check
+board-check: $(STAMP)
+	PYTHON=$(PY) tools/board_check_arm64.sh --cache build/board-arm64
+
 clean:
 	rm -rf $(VENV) runs build dist *.egg-info
