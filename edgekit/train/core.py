@@ -352,6 +352,7 @@ def train(config: TrainConfig) -> TrainResult:
         rng = np.random.default_rng(config.seed)
         start = time.perf_counter()
         with progress_bar(config.progress) as bar:
+            logged = -(-steps // 10) if config.progress and not bar.console.is_terminal else 0
             for epoch in range(1, config.epochs + 1):
                 task_id = bar.add_task(f"epoch {epoch}/{config.epochs}", total=steps, losses="")
                 sums: dict[str, float] = {}
@@ -360,6 +361,10 @@ def train(config: TrainConfig) -> TrainResult:
                     schedule.step()
                     sums = {k: sums.get(k, 0.0) + v for k, v in terms.items()}
                     bar.update(task_id, advance=1, losses=_format_losses({k: v / step for k, v in sums.items()}))
+                    if logged and step % logged == 0 and step < steps:  # no live bar in a log file: a line per 10 %
+                        bar.console.print(f"epoch {epoch}/{config.epochs} step {step}/{steps} "
+                                          f"({time.perf_counter() - start:.0f} s): "
+                                          f"{_format_losses({k: v / step for k, v in sums.items()})}", highlight=False)
                 card.losses.append({k: v / steps for k, v in sums.items()})
                 card.epochs_done, card.wall_s = epoch, round(time.perf_counter() - start, 1)
                 if config.progress:  # one line per epoch stays in the scrollback and in logs
