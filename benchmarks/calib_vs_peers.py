@@ -17,6 +17,7 @@ Also per variant: convolutions onnxruntime runs as integer kernels, and median g
     python benchmarks/calib_vs_peers.py                       # every fixture present
     python benchmarks/calib_vs_peers.py --models shufflenetv2-1.0 --runs 30
     python benchmarks/calib_vs_peers.py --render              # the .md again from the .json
+    python benchmarks/calib_vs_peers.py --readme              # README's INT8 table from the .json
 """
 
 from __future__ import annotations
@@ -208,6 +209,38 @@ def markdown(results: list[dict[str, Any]], meta: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+README = ROOT / "README.md"
+README_BEGIN = "<!-- int8-drops:begin (benchmarks/calib_vs_peers.py --readme) -->"
+README_END = "<!-- int8-drops:end -->"
+
+
+def readme_table(results: list[dict[str, Any]], meta: Mapping[str, Any]) -> str:
+    """The README's INT8 table: edgekit's own report numbers per fixture (onnx-int8, defaults)."""
+    lines = ["| fixture | metric (60 held-out images) | fp32 | INT8 | drop (pt) | budget 1.0 pt |",
+             "|---|---|---:|---:|---:|---|"]
+    for r in results:
+        v, key = r["variants"], r["metric"]
+        fp32, int8 = 100 * v["fp32"]["metrics"][key], 100 * v["edgekit"]["metrics"][key]
+        lines.append(f"| `{r['model']}` | {key} | {fp32:.2f} | {int8:.2f} | {v['edgekit']['drop_pt']:+.2f} | "
+                     f"{'PASS' if v['edgekit']['drop_pt'] <= 1.0 + 1e-9 else 'FAIL'} |")
+    lines.append(f"\nGenerated from the accuracy-drop reports by `benchmarks/calib_vs_peers.py --readme` "
+                 f"({meta['created'][:10]}, {meta['cpu']}); peers and latency: "
+                 "[`docs/benchmarks/calib_vs_peers.md`](docs/benchmarks/calib_vs_peers.md).")
+    if meta.get("missing_fixtures"):
+        lines.append(f"Not measured (no fixture yet): {', '.join(meta['missing_fixtures'])}.")
+    return "\n".join(lines)
+
+
+def write_readme(results: list[dict[str, Any]], meta: Mapping[str, Any]) -> None:
+    """Replace the table between the README's markers."""
+    text = README.read_text()
+    if README_BEGIN not in text or README_END not in text:
+        raise SystemExit(f"README.md lacks the markers {README_BEGIN!r} ... {README_END!r}")
+    head, rest = text.split(README_BEGIN, 1)
+    tail = rest.split(README_END, 1)[1]
+    README.write_text(f"{head}{README_BEGIN}\n{readme_table(results, meta)}\n{README_END}{tail}")
+
+
 def _loss(variant: Mapping[str, Any]) -> float:
     """The points a variant lost against fp32 (0 when it scored higher)."""
     return max(0.0, float(variant["drop_pt"]))
@@ -219,10 +252,15 @@ def main() -> None:
     parser.add_argument("--models", nargs="*", default=list(CASES))
     parser.add_argument("--runs", type=int, default=30, help="timed predictions per variant")
     parser.add_argument("--render", action="store_true", help="only rewrite the .md from the stored .json")
+    parser.add_argument("--readme", action="store_true", help="only rewrite README.md's INT8 table from the "
+                        "stored .json")
     args = parser.parse_args()
-    if args.render:
+    if args.render or args.readme:
         stored = json.loads(OUT.with_suffix(".json").read_text())
-        OUT.with_suffix(".md").write_text(markdown(stored["results"], stored))
+        if args.render:
+            OUT.with_suffix(".md").write_text(markdown(stored["results"], stored))
+        if args.readme:
+            write_readme(stored["results"], stored)
         return
     import onnxruntime
 
