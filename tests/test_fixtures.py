@@ -31,6 +31,7 @@ SAMPLES = ROOT / "data" / "samples"
 BARS = [
     ("shufflenetv2-1.0", "cls-val", "top1", 0.95),
     ("mobilenetv2", "cls-val", "top1", 0.95),
+    ("thundernet-snet146", "det-val", "map50", 0.70),
     ("thundernet-snet49", "det-val", "map50", 0.50),
 ]
 
