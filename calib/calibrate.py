@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from google.protobuf.message import DecodeError
 
 from edgekit import __version__
 from edgekit.calib.collect import collect_statistics
@@ -21,6 +22,7 @@ from edgekit.calib.datahash import FeedHash
 from edgekit.calib.observers import make_observer
 from edgekit.calib.profiles import quantizable_tensors, resolve_profile, tensor_quants
 from edgekit.calib.recipe import Provenance, QuantRecipe, TensorKind
+from edgekit.errors import ExportError
 
 
 def calibrate(
@@ -50,6 +52,7 @@ def calibrate(
         progress: show a progress bar on the terminal.
 
     Raises:
+        ExportError: ``model_path_or_proto`` is a file that is not a readable ONNX model.
         CalibrationDataError: no samples, feeds that do not fit the model, or NaN/Inf in an
             activation (naming the tensor and the sample).
         UnknownProfileError, EdgekitError: an unknown profile or observer name.
@@ -92,5 +95,13 @@ def calibrate_ranges(
 def _load(source: str | Path | onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
     if isinstance(source, onnx.ModelProto):
         return source, hashlib.sha256(source.SerializeToString()).hexdigest()
-    raw = Path(source).read_bytes()
-    return onnx.load_from_string(raw), hashlib.sha256(raw).hexdigest()
+    try:
+        raw = Path(source).read_bytes()
+        model = onnx.load_from_string(raw)
+    except (OSError, DecodeError) as exc:
+        raise ExportError(f"cannot read the ONNX model '{source}' ({type(exc).__name__}: {exc}); the file is missing, "
+                          "truncated or not an ONNX model. Export it again.") from exc
+    if not model.graph.node:
+        raise ExportError(f"'{source}' holds no ONNX graph (no nodes); the file is truncated or not an ONNX model. "
+                          "Export it again.")
+    return model, hashlib.sha256(raw).hexdigest()

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx
 
-from edgekit.calib.observers import NonFiniteValuesError, Observer
-from edgekit.errors import CalibrationDataError, suggest
+from edgekit.calib.observers import NonFiniteValuesError, Observer, finite_extrema
+from edgekit.errors import CalibrationDataError, ExportError, suggest
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -51,7 +51,8 @@ def collect_statistics(
 
     Raises:
         CalibrationDataError: no samples, a feed without a graph input, a feed onnxruntime
-            cannot run, or NaN/Inf in an observed tensor (naming it and the sample index).
+            cannot run, or NaN/Inf in an observed tensor or a graph output (naming the tensor
+            where it first appears and the sample index).
     """
     if samples is not None and samples < 1:
         raise CalibrationDataError(f"samples must be at least 1, got {samples}.")
@@ -65,6 +66,9 @@ def collect_statistics(
     session = _session(_with_outputs(model, fetched))
     step = max_outputs_per_run or max(len(fetched), 1)
     groups = [fetched[k:k + step] for k in range(0, len(fetched), step)] or [[]]
+    # Graph outputs no observer reads are checked for NaN/Inf too: a non-finite value in a tensor
+    # that is not quantized (a Log before a float Gemm) still breaks the exported model.
+    groups[-1] = groups[-1] + [o.name for o in model.graph.output if o.name not in observers]
     total = samples if samples is not None else (len(data) if isinstance(data, Sized) else None)
 
     count = 0
@@ -77,7 +81,10 @@ def collect_statistics(
                     _observe(observers[name], name, feed[name], index, is_input=True)
             for group in groups:
                 for name, value in zip(group, _run(session, group, feed, index)):
-                    _observe(observers[name], name, value, index, is_input=False)
+                    if name in observers:
+                        _observe(observers[name], name, value, index, is_input=False)
+                    else:
+                        _check_finite(model, feed, name, value, index)
             count += 1
             advance()
     if count == 0:
@@ -116,7 +123,11 @@ def _session(model: onnx.ModelProto) -> ort.InferenceSession:
     # plain fp32 graph's
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     options.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own pybind types (InvalidGraph, Fail, ...)
+        reason = " ".join(str(exc).split())[:400] or type(exc).__name__
+        raise ExportError(f"onnxruntime {ort.__version__} cannot load the model to calibrate it: {reason}") from exc
 
 
 def _model_feed(feed: Mapping[str, np.ndarray], inputs: list[str], index: int) -> dict[str, np.ndarray]:
@@ -157,6 +168,38 @@ def _observe(observer: Observer, name: str, value: np.ndarray, index: int, *, is
             message = (f"activation '{name}' holds {exc} on calibration sample {index}: the fp32 model overflows "
                        f"or takes log/sqrt/division of invalid values on this input; check the sample and the weights.")
         raise CalibrationDataError(message) from exc
+
+
+def _check_finite(model: onnx.ModelProto, feed: dict[str, np.ndarray], output: str, value: np.ndarray,
+                  index: int) -> None:
+    """Raise CalibrationDataError naming the first node output with NaN/Inf when graph output ``output`` has any."""
+    if not np.issubdtype(value.dtype, np.floating) or np.isfinite(value).all():
+        return
+    name, op_type, bad = _first_non_finite(model, feed) or (output, "graph output", value)
+    try:
+        finite_extrema(bad)
+    except NonFiniteValuesError as exc:
+        raise CalibrationDataError(
+            f"activation '{name}' ({op_type}) holds {exc} on calibration sample {index}, and graph output "
+            f"'{output}' is not finite: the fp32 model overflows or takes log/sqrt/division of invalid values on "
+            "this input; check the sample and the weights."
+        ) from exc
+
+
+def _first_non_finite(model: onnx.ModelProto, feed: dict[str, np.ndarray]) -> tuple[str, str, np.ndarray] | None:
+    """The first node output, in graph (topological) order, holding NaN or Inf on ``feed``: its origin.
+
+    Runs only after a non-finite graph output was seen, so fetching every tensor once is cheap.
+    """
+    names = [out for node in model.graph.node for out in node.output if out]
+    producers = {out: f"output of {node.op_type} node '{node.name}'"
+                 for node in model.graph.node for out in node.output}
+    values = _session(_with_outputs(model, names)).run(names, feed)
+    for name, value in zip(names, values):
+        array = np.asarray(value)
+        if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+            return name, producers[name], array
+    return None
 
 
 @contextmanager

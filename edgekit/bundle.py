@@ -13,10 +13,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
+import signal
 import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import PurePosixPath, PureWindowsPath
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -46,6 +49,12 @@ class TensorSpec:
     shape: tuple[int | str, ...]
     dtype: str = "float32"
     meaning: str = ""
+
+    def __post_init__(self) -> None:
+        for key in ("name", "dtype", "meaning"):
+            require_type(getattr(self, key), str, f"tensor {key}")
+        for dim in self.shape:
+            require_type(dim, (int, str), f"dimension of tensor '{self.name}'")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
@@ -80,6 +89,12 @@ class GraphFile:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     precision: str = "fp32"
+
+    def __post_init__(self) -> None:
+        for key in ("role", "sha256", "precision"):
+            require_type(getattr(self, key), str, f"graph {key}")
+        require_type(self.size_bytes, int, f"size_bytes of graph '{self.role}'")
+        check_member_path(self.path, f"graph '{self.role}'")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
@@ -117,6 +132,9 @@ class PostProcess:
 
     kind: str
     params: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        require_type(self.kind, str, "postprocess kind")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
@@ -161,6 +179,22 @@ class Manifest:
     toolchain: dict[str, str] = field(default_factory=dict)
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        for key in ("model", "task", "target", "edgekit_version", "created"):
+            require_type(getattr(self, key), str, key)
+        for label in self.labels:
+            require_type(label, str, "label")
+        if self.num_classes is not None:
+            require_type(self.num_classes, int, "num_classes")
+        for package, version in self.toolchain.items():
+            require_type(version, str, f"toolchain version of '{package}'")
+        # InputSpec checks ranges; the types of what the runtime's pre-processing computes with are checked here.
+        require_type(self.input.name, str, "input name")
+        for value in (*self.input.mean, *self.input.std, self.input.pad_value, self.input.crop_fraction):
+            require_type(value, (int, float), "input mean, std, pad_value and crop_fraction")
+        for dim in (*self.input.imgsz, *self.input.shape[1:]):
+            require_type(dim, int, "input imgsz and shape")
 
     def graph(self, role: str) -> GraphFile:
         """The graph file with ``role``; an unknown role lists the roles there are."""
@@ -219,6 +253,28 @@ class Manifest:
             raise BundleError(f"manifest is missing the field {exc}.") from exc
         except (TypeError, ValueError, EdgekitError) as exc:
             raise BundleError(f"manifest has a malformed field: {exc}") from exc
+
+
+def require_type(value: object, kind: type | tuple[type, ...], what: str) -> None:
+    """Raise BundleError unless ``value`` is a ``kind`` (a bool is not an int here): a manifest is outside input."""
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        names = " or ".join(k.__name__ for k in kinds)
+        raise BundleError(f"{what} must be {names}, got {type(value).__name__} {str(value)[:40]!r}.")
+
+
+def check_member_path(path: object, what: str) -> None:
+    """Refuse a file name that could leave the bundle directory: absolute, ``..``, a drive or a backslash.
+
+    A manifest (or an archive) from someone else must not make the runtime hash or load a
+    file outside the bundle (``/etc/passwd``, ``../../model.onnx``).
+    """
+    if not isinstance(path, str) or not path or "\x00" in path:
+        raise BundleError(f"{what}: file name {path!r} is not a non-empty string.")
+    posix, windows = PurePosixPath(path), PureWindowsPath(path)
+    if posix.is_absolute() or windows.is_absolute() or windows.drive or "\\" in path or ".." in posix.parts:
+        raise BundleError(f"{what}: file name '{path}' points outside the bundle directory; a bundle lists "
+                          "relative paths inside itself only (e.g. 'model.onnx').")
 
 
 def file_digest(path: str | Path) -> tuple[str, int]:
@@ -289,6 +345,12 @@ def atomic_bundle(dest: str | Path) -> Iterator[Path]:
     an existing bundle at ``dest`` survives a failed export and a failure leaves nothing
     behind. An existing ``dest`` is replaced only if it is empty or an edgekit bundle (has a
     manifest), never an arbitrary directory.
+
+    A process killed outright (SIGKILL, power loss) cannot clean up: its temporary
+    directories carry its process id, and the next ``atomic_bundle`` on the same ``dest``
+    removes those of processes that no longer run (restoring the old bundle if the kill fell
+    between the two renames of the swap). SIGINT and SIGTERM are held back during the swap,
+    so Ctrl-C leaves either the old bundle or the new one in place.
     """
     dest = Path(dest).absolute()
     if dest.exists() and not _replaceable(dest):
@@ -297,32 +359,100 @@ def atomic_bundle(dest: str | Path) -> Iterator[Path]:
             "Choose a new --out directory or remove it first."
         )
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it owner-only; a bundle is meant to be copied and shared
+    remove_stale_siblings(dest)
+    tmp: Path | None = None
     try:
+        with signals_held():  # a Ctrl-C between mkdtemp and the assignment would leak the directory
+            tmp = Path(tempfile.mkdtemp(prefix=sibling_prefix(dest, "tmp"), dir=dest.parent))
+        tmp.chmod(0o755)  # mkdtemp makes it owner-only; a bundle is meant to be copied and shared
         yield tmp
         _swap_into_place(tmp, dest)
     finally:
         # Reached with tmp still present only on failure (after a swap it has been renamed).
-        if tmp.exists():
+        if tmp is not None and tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def sibling_prefix(dest: Path, kind: str) -> str:
+    """Name prefix of this process's temporary sibling of ``dest`` (``kind``: ``tmp`` or ``old``)."""
+    return f".{dest.name}.{kind}-{os.getpid()}-"
+
+
+def remove_stale_siblings(dest: str | Path) -> list[Path]:
+    """Remove the temporary siblings of ``dest`` left by killed processes; returns what was removed.
+
+    Only ``.<name>.tmp-<pid>-*`` and ``.<name>.old-<pid>-*`` entries (directories, or files
+    such as a half-written archive) whose process is no longer running are touched. If
+    ``dest`` is missing and a stale ``old`` directory holds the previous bundle (a kill
+    between the two renames of a swap), that bundle is put back.
+    """
+    dest = Path(dest).absolute()
+    pattern = re.compile(rf"^\.{re.escape(dest.name)}\.(tmp|old)-(\d+)-")
+    try:
+        siblings = sorted(dest.parent.iterdir())
+    except OSError:
+        return []
+    removed = []
+    for path in siblings:
+        match = pattern.match(path.name)
+        if not match or path.is_symlink() or _process_alive(int(match.group(2))):
+            continue
+        if not path.is_dir():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+            continue
+        kept = path / dest.name
+        if match.group(1) == "old" and not dest.exists() and (kept / MANIFEST_NAME).is_file():
+            os.replace(kept, dest)
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    # On Windows os.kill(pid, 0) would terminate the process: never treat anything there as stale.
+    if pid == os.getpid() or os.name == "nt":
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):  # exists but belongs to another user, or cannot be asked
+        return True
+    return True
 
 
 def _replaceable(dest: Path) -> bool:
     return dest.is_dir() and (not any(dest.iterdir()) or (dest / MANIFEST_NAME).is_file())
 
 
-def _swap_into_place(tmp: Path, dest: Path) -> None:
-    if not dest.exists():
-        os.replace(tmp, dest)
-        return
-    # Two renames: a directory cannot replace a non-empty one in one os.replace.
-    old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
-    os.replace(dest, old / dest.name)
+@contextmanager
+def signals_held() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM back (delivered on exit) where the platform allows it, in the main thread."""
+    held = {signal.SIGINT, signal.SIGTERM}
     try:
-        os.replace(tmp, dest)
-    except OSError:
-        os.replace(old / dest.name, dest)
-        old.rmdir()
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    except (AttributeError, ValueError, OSError):  # Windows, or no signal support here
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _swap_into_place(tmp: Path, dest: Path) -> None:
+    with signals_held():
+        if not dest.exists():
+            os.replace(tmp, dest)
+            return
+        # Two renames: a directory cannot replace a non-empty one in one os.replace.
+        old = Path(tempfile.mkdtemp(prefix=sibling_prefix(dest, "old"), dir=dest.parent))
+        os.replace(dest, old / dest.name)
+        try:
+            os.replace(tmp, dest)
+        except OSError:
+            os.replace(old / dest.name, dest)
+            old.rmdir()
+            raise
+        shutil.rmtree(old, ignore_errors=True)

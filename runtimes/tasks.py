@@ -25,7 +25,7 @@ from typing import ClassVar
 import numpy as np
 from PIL import Image
 
-from edgekit.bundle import Manifest, read_manifest, verify
+from edgekit.bundle import Manifest, read_manifest, require_type, verify
 from edgekit.data.errors import PreprocessError
 from edgekit.data.image_io import load_image
 from edgekit.data.transforms import (ChannelOrder, ImageMeta, Preprocess, boxes_to_original, mask_to_original,
@@ -113,11 +113,16 @@ class Task:
     task: ClassVar[str] = ""
     roles: ClassVar[tuple[str, ...]] = ("model",)
     postprocess_kind: ClassVar[str] = ""
+    # Post-processing parameters the task reads from the manifest -> their JSON type.
+    postprocess_types: ClassVar[Mapping[str, type]] = {}
 
     def __init__(self, manifest: Manifest, backends: Mapping[str, Backend]) -> None:
         if manifest.postprocess.kind != self.postprocess_kind:
             raise BundleError(f"a {self.task} bundle needs '{self.postprocess_kind}' post-processing; this one "
                               f"declares '{manifest.postprocess.kind}'. Re-export the bundle.")
+        for key, kind in self.postprocess_types.items():
+            if key in manifest.postprocess.params:
+                require_type(manifest.postprocess.params[key], kind, f"post-processing parameter '{key}'")
         missing = [r for r in self.roles if r not in backends]
         if missing:
             raise BundleError(f"{type(self).__name__} needs graphs {list(self.roles)}; missing {missing}.")
@@ -181,6 +186,7 @@ class Classifier(Task):
 
     task = "classify"
     postprocess_kind = "topk"
+    postprocess_types: ClassVar[Mapping[str, type]] = {"k": int, "softmax": bool}
 
     def _infer(self, x: np.ndarray, meta: ImageMeta, clock: _Clock) -> ClassResult:
         graph = self.manifest.graph("model")

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from edgekit.bundle import require_type
 from edgekit.errors import BundleError
 from edgekit.runtimes.boxes import (anchor_shapes, batched_nms, clip_boxes, decode_boxes, grid_anchors, nms,
                                    top_k)
@@ -29,6 +30,10 @@ POSTPROCESS_KIND = "twostage"
 
 Stage1 = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
 Head = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+# Field annotation -> the JSON types a manifest may give it (an int is a float; a bool is not an int).
+_JSON_TYPES: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "bool": (bool,)}
 
 
 @dataclass(frozen=True)
@@ -111,6 +116,15 @@ class TwoStageParams:
         if missing or unknown:
             raise BundleError(f"two-stage post-processing parameters: missing {missing}, unknown {unknown}. "
                               "Re-export the bundle with this edgekit.")
+        # A manifest is outside input: a list where a number belongs must not reach numpy.
+        for f in fields(cls):
+            value, what = data[f.name], f"two-stage post-processing parameter '{f.name}'"
+            if f.type.startswith("tuple"):
+                require_type(value, (list, tuple), what)
+                for item in value:
+                    require_type(item, (int, float), what)
+            else:
+                require_type(value, _JSON_TYPES[f.type], what)
         return cls(**dict(data))
 
 

@@ -52,7 +52,15 @@ def load_image(path: str | Path, *, exif_transpose: bool = False) -> Image.Image
             return to_rgb(image)
     except FileNotFoundError as exc:
         raise DatasetError(f"image '{path}' does not exist") from exc
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except (PermissionError, IsADirectoryError) as exc:
+        raise DatasetError(f"cannot read image '{path}': {exc.strerror}. Check that it is a file this user may "
+                           "read (ls -l).") from exc
+    except Image.DecompressionBombError as exc:
+        raise DatasetError(
+            f"image '{path}' is too large to decode safely: {exc} Downscale it, or raise "
+            "PIL.Image.MAX_IMAGE_PIXELS if you trust the file."
+        ) from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DatasetError(
             f"cannot decode image '{path}': {exc}. The file is truncated, corrupt or not an "
             f"image; re-export it or remove it from the dataset."
@@ -66,6 +74,10 @@ def to_rgb(image: Image.Image) -> Image.Image:
     scaled to 8 bits (65535 -> 255), palette, CMYK, YCbCr, L and 1-bit images go through
     Pillow's own conversion.
     """
+    if not isinstance(image, Image.Image):
+        raise DatasetError(f"expected a Pillow image, a path or an HWC uint8 numpy array; got {type(image).__name__}.")
+    if image.width < 1 or image.height < 1:
+        raise DatasetError(f"image is {image.width}x{image.height} pixels; an image needs at least one pixel.")
     if image.mode == "RGB":
         return image
     if image.mode in _WIDE_INT_MODES:
@@ -86,6 +98,10 @@ def array_to_rgb(array: np.ndarray) -> Image.Image:
         DatasetError: a float or other dtype (whose range would be a guess), or a shape that
             is not HW, HW1, HW3 or HW4.
     """
+    if not isinstance(array, np.ndarray):
+        raise DatasetError(f"expected an HWC uint8 numpy array, got {type(array).__name__}.")
+    if array.ndim in (2, 3) and 0 in array.shape[:2]:
+        raise DatasetError(f"image array has shape {array.shape}; an image needs at least one pixel.")
     if array.dtype == np.uint16:
         array = np.round(array.astype(np.float64) / 257.0).astype(np.uint8)
     elif array.dtype != np.uint8:

@@ -106,8 +106,10 @@ def create_backend(name: str, path: str | Path, graph: GraphFile, *, threads: in
                           f"'{Path(path).name}'. Backends for this bundle: {', '.join(readers) or 'none'}.")
     missing = entry.missing()
     if missing:
-        raise MissingDependencyError(f"backend '{entry.name}' needs {', '.join(missing)}, which is not "
-                                     f"installed. Install it: {entry.install}.")
+        names = f"{', '.join(missing[:-1])} and {missing[-1]}" if len(missing) > 1 else missing[0]
+        verb = "are" if len(missing) > 1 else "is"
+        raise MissingDependencyError(f"backend '{entry.name}' needs {names}, which {verb} not installed. "
+                                     f"Install it: {entry.install}.")
     cls: type[Backend] = getattr(importlib.import_module(entry.module), entry.cls)
     return cls(Path(path), graph, threads=threads, toolchain=toolchain)
 

@@ -41,6 +41,12 @@ class Backend(ABC):
                  toolchain: Mapping[str, str] | None = None) -> None:
         if threads is not None and threads < 1:
             raise FeedError(f"threads must be >= 1 (or None for the engine's default), got {threads}.")
+        for spec in (*graph.inputs, *graph.outputs):
+            try:
+                np.dtype(spec.dtype)
+            except TypeError:
+                raise BundleError(f"the manifest gives tensor '{spec.name}' of graph '{graph.role}' the dtype "
+                                  f"'{spec.dtype}', which is not a numpy type. Re-export the bundle.") from None
         self.path = Path(path)
         self.graph = graph
         self.threads = threads
@@ -61,7 +67,14 @@ class Backend(ABC):
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one inference: feeds by input name -> outputs by name (every listed output)."""
         check_feeds(feeds, self.inputs, self._where())
-        outputs = self._run({k: np.ascontiguousarray(v) for k, v in feeds.items()})
+        try:
+            outputs = self._run({k: np.ascontiguousarray(v) for k, v in feeds.items()})
+        except EdgekitError:
+            raise
+        except Exception as exc:  # the engine's own exception types; the feeds were checked above
+            reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+            raise BundleError(f"{self._where()} failed on feeds that match the manifest: {reason}. The graph file "
+                              "is broken or does not match its manifest; re-export the bundle.") from exc
         missing = [t.name for t in self.outputs if t.name not in outputs]
         if missing:
             raise BundleError(f"{self._where()} returned no {', '.join(missing)}; the manifest lists outputs "
@@ -72,17 +85,46 @@ class Backend(ABC):
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Engine-specific inference on feeds already checked against the specs."""
 
-    def check_names(self, inputs: list[str], outputs: list[str]) -> None:
-        """Refuse a graph file whose tensor names are not the manifest's (the adapter reads them)."""
+    def check_names(self, inputs: list[str], outputs: list[str],
+                    input_shapes: Mapping[str, tuple[int | str, ...] | None] | None = None) -> None:
+        """Refuse a graph file whose tensor names (or input shapes) are not the manifest's (the adapter reads them).
+
+        ``input_shapes``: input name -> the engine's shape (a string or None marks a dynamic
+        dimension or rank). A fixed dimension that differs from the manifest's would otherwise
+        fail inside the engine on the first ``run``, after pre-processing sized for the manifest.
+        """
         want_in, want_out = [t.name for t in self.inputs], [t.name for t in self.outputs]
         if sorted(inputs) != sorted(want_in) or not set(want_out) <= set(outputs):
             raise BundleError(
                 f"'{self.path.name}' has inputs {inputs} and outputs {outputs}, but the manifest lists inputs "
                 f"{want_in} and outputs {want_out}: the file does not belong to this manifest. Re-export the bundle."
             )
+        for spec in self.inputs:
+            shape = (input_shapes or {}).get(spec.name)
+            if shape is not None and not _shapes_agree(shape, spec.shape):
+                raise BundleError(
+                    f"'{self.path.name}' takes input '{spec.name}' of shape {list(shape)}, but the manifest says "
+                    f"{list(spec.shape)}: the file does not belong to this manifest. Re-export the bundle."
+                )
 
     def _where(self) -> str:
         return f"graph '{self.graph.role}' ({self.path.name}) on {self.name}"
+
+    def load_error(self, exc: BaseException, engine_version: str) -> BundleError:
+        """The BundleError for a graph file the engine refused to read (its own exception in ``exc``)."""
+        built = ", ".join(f"{k} {v}" for k, v in sorted(self.toolchain.items()) if k != "python") or "unknown tools"
+        reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+        return BundleError(
+            f"{self.name} {engine_version} could not load '{self.path.name}' (graph '{self.graph.role}'): {reason}. "
+            f"The file is truncated or corrupt, or needs a newer {self.name} (the bundle was built with {built}). "
+            "Re-export the bundle, or upgrade the engine."
+        )
+
+
+def _shapes_agree(engine: tuple[int | str, ...], manifest: tuple[int | str, ...]) -> bool:
+    """Same rank, and equal wherever both dimensions are fixed."""
+    return len(engine) == len(manifest) and all(
+        not (isinstance(a, int) and isinstance(b, int)) or a == b for a, b in zip(engine, manifest))
 
 
 def dims_match(shape: tuple[int, ...], spec: tuple[int | str, ...]) -> bool:

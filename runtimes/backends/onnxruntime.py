@@ -41,8 +41,13 @@ class OnnxRuntimeBackend(Backend):
             options.inter_op_num_threads = 1
         available = ort.get_available_providers()
         providers = [p for p in PROVIDERS if p in available]
-        self._session = ort.InferenceSession(str(path), options, providers=providers)
-        self.check_names([i.name for i in self._session.get_inputs()], [o.name for o in self._session.get_outputs()])
+        try:
+            self._session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own pybind types (InvalidProtobuf, Fail, ...)
+            raise self.load_error(exc, ort.__version__) from exc
+        inputs = self._session.get_inputs()
+        self.check_names([i.name for i in inputs], [o.name for o in self._session.get_outputs()],
+                         {i.name: tuple(d if isinstance(d, int) else "?" for d in i.shape) for i in inputs})
         self._output_names = [t.name for t in self.outputs]
         self.settings = {"onnxruntime": ort.__version__, "providers": self._session.get_providers(),
                          "intra_op_num_threads": threads or 0, SPINNING_KEY: "0"}

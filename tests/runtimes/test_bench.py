@@ -77,5 +77,7 @@ def test_cli_bench_prints_and_writes_json(detector_case: Case, tmp_path: Path,
     record = json.loads(out.read_text())
     assert record["backend"] == "openvino" and record["runs"] == 3 and record["input_size"] == [320, 320]
     assert set(record["split_ms"]) == {"pre", "infer", "post"}
-    assert record["backend_settings"]["stage1"]["config"]["INFERENCE_PRECISION_HINT"] == "f32"
+    # auto runs the single-graph detector on OpenVINO (runtimes.tasks.SINGLE_GRAPH_BACKENDS).
+    assert record["graph"] == "single" and list(record["backend_settings"]) == ["single"]
+    assert record["backend_settings"]["single"]["config"]["INFERENCE_PRECISION_HINT"] == "f32"
     assert np.isfinite(record["latency_ms"]["p99"]) and record["results"] > 0
