@@ -17,6 +17,7 @@ CPU graph optimizer turned into integer kernels: the number the ``ort-cpu`` prof
 
 from __future__ import annotations
 
+import json
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +34,8 @@ from edgekit.errors import EdgekitError
 from edgekit.graph.graph_view import NameSource, prune, replace_nodes
 
 _NP_DTYPE = {"int8": np.int8, "uint8": np.uint8}
+# Metadata key of the mixed-precision map (node -> fp16/fp32) in a QDQ graph.
+LAYER_PRECISION_KEY = "edgekit.layer_precision"
 
 # onnxruntime's integer convolution kernels after graph optimization, and its float ones
 # (FusedConv: Conv+activation; the NCHWc layout pass keeps the name Conv in its own domain).
@@ -59,6 +62,7 @@ def quantize_model(model: onnx.ModelProto, recipe: QuantRecipe) -> onnx.ModelPro
     """
     profile = resolve_profile(recipe.profile)
     keep_float = frozenset(n for n, p in recipe.layer_precision.items() if p != Precision.INT8)
+    _check_layer_names(model, keep_float)
     placement = plan_placement(model, profile, keep_float)
     quants = _int8_quants(placement, recipe)
     out = onnx.ModelProto()
@@ -94,9 +98,11 @@ def quantize_model(model: onnx.ModelProto, recipe: QuantRecipe) -> onnx.ModelPro
         nodes.extend(q for o in node.output for q in build.after.get(o, []))
     replace_nodes(out, nodes)
     prune(out)  # drops the float weights and biases nothing reads any more
-    onnx.helper.set_model_props(out, {**{p.key: p.value for p in out.metadata_props},
-                                      "edgekit.quant_profile": profile.name,
-                                      "edgekit.recipe_hash": recipe.content_hash()})
+    props = {**{p.key: p.value for p in out.metadata_props}, "edgekit.quant_profile": profile.name,
+             "edgekit.recipe_hash": recipe.content_hash()}
+    if keep_float:  # mixed precision: the float layers travel with the graph (TensorRT, OpenVINO read it)
+        props[LAYER_PRECISION_KEY] = json.dumps({n: recipe.layer_precision[n].value for n in sorted(keep_float)})
+    onnx.helper.set_model_props(out, props)
     return out
 
 
@@ -146,6 +152,17 @@ class _Build:
         self.head.append(helper.make_node("DequantizeLinear", [q_name, s_name, z_name], [out],
                                           name=self.names(f"{stem}_DequantizeLinear"), **attrs))
         self.alias.update({edge: out for edge in edges})
+
+
+def _check_layer_names(model: onnx.ModelProto, names: frozenset[str]) -> None:
+    """Refuse float-layer names that match no node (a typo would otherwise quantize the layer silently)."""
+    from edgekit.errors import suggest
+
+    known = [node_id(n, i) for i, n in enumerate(model.graph.node)]
+    unknown = sorted(names - set(known))
+    if unknown:
+        raise RecipeMismatchError(f"the recipe keeps layer '{unknown[0]}' float, but the graph has no node of that "
+                                  f"name ({len(unknown)} unknown in all).{suggest(unknown[0], known)}")
 
 
 def _int8_quants(placement: Placement, recipe: QuantRecipe) -> dict[str, TensorQuant]:

@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     from edgekit.report import Report
 
 TOOLCHAIN_PACKAGES: tuple[str, ...] = ("torch", "onnx", "onnxruntime", "onnxslim")
+# ExportOptions.precision: full INT8, or the mixed-precision search under --max-drop.
+PRECISION_MODES: tuple[str, ...] = ("int8", "auto")
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,12 @@ class ExportOptions:
         percentile: the ``percentile`` observer's percentile.
         eval_data: labelled images for the accuracy-drop report, disjoint from the calibration
             samples; the calibration folder itself is split (first N calibrate, the rest evaluate).
-        max_drop: accuracy budget in points of the task metric (top-1, AP50, mIoU).
+        max_drop: accuracy budget in points of the task metric (top-1, AP50, mIoU; agreement with
+            fp32 where ``eval_data`` has no labels).
+        precision: ``int8``: every layer the target's profile quantizes is INT8; ``auto``: the
+            mixed-precision search keeps the most sensitive layers float (FP16 where the target
+            has it, else FP32) until the drop on ``eval_data`` is within ``max_drop``, using as
+            few float layers as it can (:mod:`edgekit.precision.workflow`); needs ``eval_data``.
         repairs: cross-layer equalization before calibration and bias correction after.
         strict: raise ``AccuracyBudgetError`` (CLI: exit non-zero) when the drop exceeds
             ``max_drop``; needs ``eval_data``.
@@ -95,6 +102,7 @@ class ExportOptions:
     percentile: float = 99.99
     eval_data: str | Path | None = None
     max_drop: float = 1.0
+    precision: str = "int8"
     repairs: bool = True
     strict: bool = False
     progress: bool = False
@@ -131,6 +139,13 @@ class ExportOptions:
             raise ExportError(f"percentile must be in (0, 100], got {self.percentile}.")
         if not self.max_drop >= 0.0:
             raise ExportError(f"max_drop is a budget in metric points and must be >= 0, got {self.max_drop}.")
+        if self.precision not in PRECISION_MODES:
+            raise ExportError(f"unknown precision '{self.precision}'; choose one of: {', '.join(PRECISION_MODES)}."
+                              f"{suggest(self.precision, PRECISION_MODES)}")
+        if self.precision == "auto" and self.eval_data is None:
+            raise ExportError("--precision auto searches for the float layers that bring the drop within --max-drop "
+                              "on evaluation images; pass --eval-data DIR (labelled, or plain photos for agreement "
+                              "with fp32; the --calib-data folder itself is split when it is the same folder).")
         if self.strict and self.eval_data is None:
             raise ExportError("--strict checks the accuracy drop on --eval-data; pass --eval-data DIR (or drop "
                               "--strict).")
@@ -256,6 +271,10 @@ def export(
             settings = CalibrationSettings(profile=str(tgt.spec.quant_profile), observer=opts.observer,
                                            percentile=opts.percentile, repairs=opts.repairs, progress=opts.progress)
             quantized = quantize_graphs(plan.graphs, spec, plan.postprocess, split, settings)
+            if opts.precision == "auto":
+                from edgekit.precision.workflow import search_export
+
+                search_export(quantized, source.task, plan, spec, tgt.spec, split.evaluation, opts.max_drop, labels)
             job = dataclasses.replace(job, graphs=quantized.graphs, recipes=quantized.recipes,
                                       calib_feeds=quantized.feeds.__getitem__, calibration=quantized.calibration)
         files = tgt.export(job, tmp)

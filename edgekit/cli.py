@@ -10,6 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from edgekit.cli_bundle import bundle_app
+from edgekit.cli_experimental import experimental_app
 from edgekit.errors import EdgekitError
 from edgekit.inputspec import ChannelOrder, ResizeMode
 
@@ -151,6 +153,10 @@ def export_command(
                                          "--eval-data).")] = False,
     repairs: Annotated[bool, typer.Option("--repairs/--no-repairs", help="Cross-layer equalization before "
                                           "calibration and bias correction after.")] = True,
+    precision: Annotated[str, typer.Option(help="INT8 targets: int8 (every layer the target quantizes) or auto "
+                                           "(keep the most sensitive layers float, FP16 where the target has it, "
+                                           "until the drop on --eval-data is within --max-drop; unlabelled "
+                                           "--eval-data: agreement with fp32).")] = "int8",
 ) -> None:
     """Export a model to a deploy bundle: ONNX opset 17, graph passes, manifest with hashes.
 
@@ -166,7 +172,7 @@ def export_command(
         channel_order=channel_order, resize=resize, num_classes=num_classes, labels=labels, task=task,
         output_names=tuple(output_name) if output_name else None, calib_data=calib_data,
         calib_samples=calib_samples, observer=observer, percentile=percentile, eval_data=eval_data,
-        max_drop=max_drop, strict=strict, repairs=repairs, progress=True,
+        max_drop=max_drop, strict=strict, repairs=repairs, precision=precision, progress=True,
     )
     if calib_data is None:
         with console.status(f"exporting {model} to {target}..."):
@@ -218,6 +224,35 @@ def report_command(
         if report.verdict == "NOT EVALUATED":
             raise EdgekitError("--strict needs an evaluation: pass --eval-data DIR.")
         report.enforce()
+
+
+@app.command("sensitivity")
+def sensitivity_command(
+    bundle: Annotated[Path, typer.Argument(help="A quantized bundle (written by an INT8 target).")],
+    calib_data: Annotated[Path, typer.Option(help="The calibration folder the bundle was exported with (bias "
+                                             "correction is redone on the same samples).")],
+    eval_data: Annotated[Path, typer.Option(help="Evaluation images disjoint from calibration: labelled, or plain "
+                                            "photos (effects are then agreement with fp32).")],
+    images: Annotated[int | None, typer.Option(min=1, help="Score metric effects on at most this many evaluation "
+                                               "images.")] = None,
+    top: Annotated[int, typer.Option(min=1, help="Rows to print.")] = 15,
+) -> None:
+    """Per-layer sensitivity: each layer and tensor INT8 alone and float alone, ranked; into the bundle's report."""
+    from edgekit.precision.bundle_sensitivity import analyze_bundle
+
+    with console.status(f"measuring every layer of {bundle} on its own..."):
+        result = analyze_bundle(bundle, calib_data, eval_data, images=images)
+    console.print(f"{bundle}: {len(result.rows)} units, {result.mode} ({result.metric}), drop of the bundle's "
+                  f"recipes {result.drop_int8:.2f} pt, {result.seconds:.1f} s", soft_wrap=True, highlight=False)
+    console.print("most sensitive first: rank, graph, kind, name (op): metric won back float alone / lost INT8 "
+                  "alone (pt), output SQNR INT8 alone (dB), INT8 steps per channel", highlight=False)
+    for r in result.rows[:top]:
+        console.print(f"  {r['rank']:>3} {r['role']} {r['kind']:<6} {r['name']} ({r['op_type']}): "
+                      f"{_fmt(r['float_only_gain'], 2)} / {_fmt(r['int8_only_drop'], 2)} pt, "
+                      f"{r['output_sqnr_db']:.1f} dB, steps {'-' if r['steps'] is None else r['steps']}",
+                      soft_wrap=True, highlight=False)
+    console.print(f"  written: {bundle}/sensitivity.json, sensitivity.png; report: {bundle}/report.html",
+                  soft_wrap=True, highlight=False)
 
 
 @app.command("train")
@@ -444,6 +479,11 @@ def build_engine_command(
     for r in records:
         console.print(f"{r.role}: {r.engine} ({r.precision}, {r.mode}, {r.size_bytes / 1e6:.2f} MB) "
                       f"TensorRT {r.tensorrt} on {r.device}", highlight=False, soft_wrap=True)
+
+
+app.add_typer(bundle_app, name="bundle", help="Pack a bundle into a tar archive; unpack an archive safely.")
+app.add_typer(experimental_app, name="experimental",
+              help="EXPERIMENTAL modes with no backend kernels (Precision Gating), measured in simulation.")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -58,6 +58,8 @@ class EngineSource:
         cache: the TensorRT calibration cache; None without a recipe.
         recipe_hash: content hash of the QuantRecipe both were written from.
         sha256: file name -> SHA-256 of each file above, checked before a build reads it.
+        layer_precision: node name -> ``fp16``/``fp32`` for layers mixed precision keeps float;
+            the engine builder pins them (TensorRT layer-precision constraints).
     """
 
     role: str
@@ -67,20 +69,24 @@ class EngineSource:
     cache: str | None = None
     recipe_hash: str | None = None
     sha256: Mapping[str, str] = field(default_factory=dict)
+    layer_precision: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> EngineSource:
         """Inverse of ``dataclasses.asdict``."""
         return cls(role=data["role"], onnx=data["onnx"], precision=data["precision"], qdq=data.get("qdq"),
-                   cache=data.get("cache"), recipe_hash=data.get("recipe_hash"), sha256=dict(data.get("sha256", {})))
+                   cache=data.get("cache"), recipe_hash=data.get("recipe_hash"), sha256=dict(data.get("sha256", {})),
+                   layer_precision=dict(data.get("layer_precision", {})))
 
     @classmethod
     def describe(cls, bundle: str | Path, role: str, onnx: str, precision: str, *, qdq: str | None = None,
-                 cache: str | None = None, recipe_hash: str | None = None) -> EngineSource:
+                 cache: str | None = None, recipe_hash: str | None = None,
+                 layer_precision: Mapping[str, str] | None = None) -> EngineSource:
         """An EngineSource for files already written into ``bundle``, hashing them."""
         files = [f for f in (onnx, qdq, cache) if f]
         return cls(role=role, onnx=onnx, precision=precision, qdq=qdq, cache=cache, recipe_hash=recipe_hash,
-                   sha256={f: file_digest(Path(bundle) / f)[0] for f in files})
+                   sha256={f: file_digest(Path(bundle) / f)[0] for f in files},
+                   layer_precision=dict(layer_precision or {}))
 
     def check(self, bundle: Path, name: str) -> Path:
         """The path of ``name`` in ``bundle``, after checking it against its recorded hash."""
@@ -140,6 +146,7 @@ class BuildStep:
     cache: Path | None = None
     recipe_hash: str | None = None
     shapes: Shapes = field(default_factory=dict)  # input -> (min, opt, max) for symbolic dimensions
+    layer_precision: Mapping[str, str] = field(default_factory=dict)  # node -> fp16/fp32 (mixed precision)
 
 
 @dataclass(frozen=True)
@@ -173,7 +180,8 @@ def read_sources(bundle: str | Path) -> dict[str, EngineSource]:
 def write_sources(bundle: str | Path, sources: Sequence[EngineSource],
                   engines: Sequence[EngineRecord] = ()) -> Path:
     """Write ``tensorrt.json`` atomically."""
-    body = {"sources": [{**asdict(s), "sha256": dict(s.sha256)} for s in sources],
+    body = {"sources": [{**asdict(s), "sha256": dict(s.sha256), "layer_precision": dict(s.layer_precision)}
+                        for s in sources],
             "engines": [asdict(e) for e in engines]}
     return _atomic_write(Path(bundle) / SOURCES_NAME, json.dumps(body, indent=2) + "\n")
 
@@ -208,7 +216,8 @@ def plan_build(bundle: str | Path, options: EngineOptions) -> list[BuildStep]:
         steps.append(BuildStep(
             role=graph.role, onnx=onnx, engine=options.out or bundle / f"{graph.role}.engine", fp16=wants_fp16,
             int8=int8, mode=mode, cache=cache, recipe_hash=source.recipe_hash if int8 else None,
-            shapes=profile_shapes(graph, manifest, options.max_batch)))
+            shapes=profile_shapes(graph, manifest, options.max_batch),
+            layer_precision=source.layer_precision if mode == "explicit" else {}))
     return steps
 
 
@@ -243,6 +252,9 @@ def trtexec_command(step: BuildStep, options: EngineOptions) -> str:
                                                for name, dims in step.shapes.items()))
     if options.dla_core is not None:
         parts += [f"--useDLACore={options.dla_core}", "--allowGPUFallback"]
+    if step.layer_precision:
+        spec = ",".join(f"{name}:{precision}" for name, precision in sorted(step.layer_precision.items()))
+        parts += [f"--layerPrecisions={spec}", f"--layerOutputTypes={spec}", "--precisionConstraints=obey"]
     return " ".join(parts)
 
 
@@ -353,6 +365,7 @@ def serialize_engine(step: BuildStep, options: EngineOptions) -> bytes:
         config.int8_calibrator = cache_calibrator(retag_cache(cache, version) if version else cache)
         if profile is not None:
             config.set_calibration_profile(profile)
+    pin_layer_precisions(network, config, step.layer_precision)
     if options.dla_core is not None:
         if options.dla_core >= builder.num_DLA_cores:
             raise EngineBuildError(f"--dla {options.dla_core}: this device has {builder.num_DLA_cores} DLA core(s).")
@@ -364,6 +377,52 @@ def serialize_engine(step: BuildStep, options: EngineOptions) -> bytes:
         raise EngineBuildError(f"TensorRT could not build an engine for graph '{step.role}' (see its log above); "
                                f"try: {trtexec_command(step, options)} --verbose")
     return bytes(memoryview(plan))
+
+
+def pin_layer_precisions(network: trt.INetworkDefinition, config: trt.IBuilderConfig,
+                         layer_precision: Mapping[str, str]) -> list[str]:
+    """Constrain the layers mixed precision keeps float to their precision; returns the layers pinned.
+
+    The ONNX parser names each layer after its node (a node that becomes several layers gives
+    them the node name plus a suffix), so a layer is pinned when its name starts with a float
+    node's name. Without constraints TensorRT may still pick INT8 or FP16 kernels for them
+    (https://docs.nvidia.com/deeplearning/tensorrt/latest/inference-library/advanced.html,
+    "Layer-Level Control of Precision").
+    """
+    import tensorrt as trt
+
+    if not layer_precision:
+        return []
+    types = {"fp16": trt.float16, "fp32": trt.float32}
+    pinned = []
+    producers = {}  # tensor name -> (layer, output index)
+    for index in range(network.num_layers):
+        layer = network.get_layer(index)
+        for out in range(layer.num_outputs):
+            producers[layer.get_output(out).name] = (layer, out)
+    for index in range(network.num_layers):
+        layer = network.get_layer(index)
+        match = next((n for n in layer_precision if layer.name == n or layer.name.startswith(n + "_")
+                      or layer.name.startswith(n + " ")), None)
+        if match is None or layer_precision[match] not in types:
+            continue
+        dtype = types[layer_precision[match]]
+        layer.precision = dtype
+        for out in range(layer.num_outputs):
+            if layer.get_output_type(out) in (trt.float32, trt.float16):
+                layer.set_output_type(out, dtype)
+        if dtype == trt.float32:
+            # an fp32 layer must also read fp32: the INT8 or FP16 layer before it would otherwise
+            # hand it an fp16 tensor, which loses what the fp32 layer is kept for
+            for i in range(layer.num_inputs):
+                tensor = layer.get_input(i)
+                source = producers.get(tensor.name) if tensor is not None else None
+                if source is not None and source[0].get_output_type(source[1]) in (trt.float32, trt.float16):
+                    source[0].set_output_type(source[1], trt.float32)
+        pinned.append(layer.name)
+    if pinned:
+        config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+    return pinned
 
 
 def retag_cache(cache: bytes, version: str) -> bytes:

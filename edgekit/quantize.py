@@ -166,7 +166,8 @@ def calibration_split(target: TargetSpec, opts: ExportOptions) -> DataSplit | No
     """
     if target.quant_profile is None:
         given = [flag for flag, value in (("--calib-data", opts.calib_data), ("--eval-data", opts.eval_data),
-                                          ("--strict", opts.strict)) if value]
+                                          ("--strict", opts.strict), ("--precision auto", opts.precision == "auto"))
+                 if value]
         if given:
             verb = "applies" if len(given) == 1 else "apply"
             raise ExportError(f"target '{target.name}' is not quantized: {', '.join(given)} {verb} only to INT8 "

@@ -11,7 +11,8 @@ Every target starts from the optimized fp32 ONNX (DESIGN.md, "Canonical IR"), co
   which OpenVINO's ONNX frontend reads as FakeQuantize on activations and int8 weight
   constants; the CPU plugin's low-precision transformations then run those convolutions on
   integers. The IR is checked against onnxruntime running the same QDQ ONNX on one input,
-  and the cosine is stored in the IR (``rt_info``: ``edgekit/ort_qdq_cosine``). A graph the
+  and the cosine is stored in the IR (``rt_info``: ``edgekit/ort_qdq_cosine``); layers the recipe
+  keeps float (mixed precision) get no FakeQuantize, and their map is ``edgekit/layer_precision``. A graph the
   job has no recipe for (a detector head calibrated by no one) is written fp32 and says so.
 
 The ONNX metadata (``edgekit.*`` props: model, task, input spec, labels) is copied into the
@@ -20,6 +21,7 @@ IR's ``rt_info`` under ``edgekit``, so an IR copied out of its bundle still says
 
 from __future__ import annotations
 
+import json
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -114,6 +116,7 @@ class OpenVinoInt8(Target):
     def export(self, job: ExportJob, out_dir: Path) -> list[GraphFile]:
         """Quantize each graph with its recipe, convert, check and save it; graphs without a recipe stay fp32."""
         from edgekit.calib.qdq import quantize_model
+        from edgekit.calib.recipe import Precision as CalibPrecision
 
         if not job.recipes:
             raise ExportError(f"target '{self.name}' needs a calibration recipe (profile '{QUANT_PROFILE}'); "
@@ -129,14 +132,21 @@ class OpenVinoInt8(Target):
             qdq = quantize_model(graph, recipe)
             model = onnx_to_openvino(qdq)
             feeds = check_feeds(job, role, graph)
-            cosine = compare_with_onnxruntime(model, qdq, feeds)
+            # Layers mixed precision keeps fp32 must run at f32 (the runtime compiles such an IR so);
+            # the CPU plugin's default bf16 would lose what INT8 lost.
+            keeps_fp32 = any(p is CalibPrecision.FP32 for p in recipe.layer_precision.values())
+            cosine = compare_with_onnxruntime(model, qdq, feeds, {"INFERENCE_PRECISION_HINT": "f32"} if keeps_fp32
+                                              else None)
             if cosine < MIN_QDQ_COSINE:
                 raise ExportError(f"the int8 IR of graph '{role}' disagrees with onnxruntime on the same QDQ ONNX "
                                   f"(cosine {cosine:.4f} < {MIN_QDQ_COSINE}); OpenVINO {_ov_version()} read some "
                                   "Q/DQ pair differently. Export openvino-fp32, or onnx-int8 to run it in onnxruntime.")
+            info = {"ort_qdq_cosine": f"{cosine:.6f}", "recipe_hash": recipe.content_hash(),
+                    "quant_profile": recipe.profile}
+            if recipe.layer_precision:  # mixed precision: these layers have no FakeQuantize in the IR
+                info["layer_precision"] = json.dumps({n: p.value for n, p in sorted(recipe.layer_precision.items())})
             files.append(save_ir(model, qdq, out_dir, role, compress_to_fp16=False, precision=Precision.INT8,
-                                 rt_info={"ort_qdq_cosine": f"{cosine:.6f}", "recipe_hash": recipe.content_hash(),
-                                          "quant_profile": recipe.profile}))
+                                 rt_info=info))
         from edgekit.quantize import write_recipe_file
 
         write_recipe_file(out_dir, {r: job.recipes[r] for r in job.graphs if r in job.recipes}, job.calibration)
@@ -171,8 +181,9 @@ def check_feeds(job: ExportJob, role: str, graph: onnx.ModelProto) -> dict[str, 
     return feeds
 
 
-def compare_with_onnxruntime(model: ov.Model, qdq: onnx.ModelProto, feeds: Mapping[str, np.ndarray]) -> float:
-    """Lowest cosine over the outputs of ``model`` on the CPU plugin vs onnxruntime running ``qdq`` node by node."""
+def compare_with_onnxruntime(model: ov.Model, qdq: onnx.ModelProto, feeds: Mapping[str, np.ndarray],
+                             config: Mapping[str, str] | None = None) -> float:
+    """Lowest cosine over the outputs of ``model`` on the CPU plugin (``config``) vs onnxruntime running ``qdq``."""
     import onnxruntime as ort
     import openvino as ov
 
@@ -185,7 +196,7 @@ def compare_with_onnxruntime(model: ov.Model, qdq: onnx.ModelProto, feeds: Mappi
     session = ort.InferenceSession(qdq.SerializeToString(), options, providers=["CPUExecutionProvider"])
     names = [o.name for o in qdq.graph.output]
     expected = dict(zip(names, session.run(names, dict(feeds))))
-    compiled = ov.Core().compile_model(model, DEVICE)
+    compiled = ov.Core().compile_model(model, DEVICE, dict(config or {}))
     result = compiled(dict(feeds))
     got = {port.get_any_name(): value for port, value in result.items()}
     return min(cosine(got[name], expected[name]) for name in names)

@@ -14,7 +14,9 @@ prints the equivalent ``trtexec`` command. Per graph role the bundle holds:
   graph that path and fp16 engines start from. A graph the job has no recipe for (a
   detector head when only stage 1 was calibrated) gets the fp32 ONNX only and runs FP16.
 
-``tensorrt.json`` says which file is which, with their hashes and the recipe hash. The glue
+``tensorrt.json`` says which file is which, with their hashes and the recipe hash, and the layers
+mixed precision keeps float (``layer_precision``: no Q/DQ around them in the QDQ ONNX, and
+``build-engine`` pins them with TensorRT layer-precision constraints). The glue
 of a two-stage detector stays numpy in the SDK, so its graph outputs stay float: quantization
 stops at the conv stages. The QDQ ONNX runs in onnxruntime too, which is how its numerics are
 checked on machines without a GPU.
@@ -23,7 +25,7 @@ checked on machines without a GPU.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from edgekit.errors import ExportError
 from edgekit.exporters.onnx import write_graphs
@@ -64,7 +66,8 @@ class _TensorRtTarget(Target):
             qdq_file, cache, recipe_hash = write_int8(graph, recipe, out_dir, role)
             files.append(qdq_file)
             sources.append(_source(out_dir, role, fp32.path, Precision.INT8, qdq=qdq_file.path, cache=cache,
-                                   recipe_hash=recipe_hash))
+                                   recipe_hash=recipe_hash,
+                                   layer_precision={n: p.value for n, p in recipe.layer_precision.items()}))
         write_sources(out_dir, sources)
         if job.recipes:
             from edgekit.quantize import write_recipe_file
@@ -73,7 +76,7 @@ class _TensorRtTarget(Target):
         return files
 
 
-def _source(out_dir: Path, role: str, onnx: str, precision: Precision, **int8: str | None) -> EngineSource:
+def _source(out_dir: Path, role: str, onnx: str, precision: Precision, **int8: Any) -> EngineSource:
     from edgekit.engine import EngineSource
 
     return EngineSource.describe(out_dir, role, onnx, precision.value, **int8)

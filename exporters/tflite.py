@@ -158,6 +158,8 @@ class TfliteInt8(TfliteTarget):
         info = {**_layouts(graph), "int8": quantized.to_dict()}
         if recipe is not None:
             info["int8"]["recipe_hash"] = recipe.content_hash()
+            if recipe.layer_precision:  # mixed precision: these layers' TFLite ops run float (selective quantization)
+                info["int8"]["layer_precision"] = {n: p.value for n, p in sorted(recipe.layer_precision.items())}
         info["int8"]["cosine_vs_fp32"] = _cosine_on_probe(quantized.content, graph, module, job, role)
         return quantized.content, info
 

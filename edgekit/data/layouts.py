@@ -14,7 +14,8 @@ from edgekit.data.base import ImageDataset
 from edgekit.data.class_folders import ClassFolders
 from edgekit.data.coco import CocoDetection
 from edgekit.data.errors import DatasetError
-from edgekit.data.image_io import is_image_file
+from edgekit.data.image_folder import ImageFolder
+from edgekit.data.image_io import is_image_file, list_images
 from edgekit.data.mask_folders import MaskFolders, cityscapes
 from edgekit.data.voc import VocDetection
 
@@ -85,6 +86,10 @@ LAYOUTS: tuple[Layout, ...] = (
            lambda p, split, limit: MaskFolders(p, limit=limit)),
     Layout("class-folders", "<class name>/<images> (ImageNet style)", _has_image_subfolders,
            _build_class_folders),
+    # Last: a folder of photos with no annotations at all (no labels: label-free evaluation).
+    Layout("images", "<images> directly in the folder, no labels (calibration; label-free evaluation)",
+           lambda p: p.is_dir() and bool(list_images(p, recursive=False)),
+           lambda p, split, limit: ImageFolder(p, limit=limit)),
 )
 
 
@@ -105,10 +110,17 @@ def open_dataset(path: str | Path, *, split: str | None = None, limit: int | Non
     path = Path(path)
     if not path.exists():
         raise DatasetError(f"dataset path '{path}' does not exist")
-    if path.is_dir() and not any(path.iterdir()):
-        raise DatasetError(f"dataset folder '{path}' is empty")
-    for layout in LAYOUTS:
-        if layout.probe(path):
-            return layout.build(path, split, limit)
+    if path.is_file() and path.suffix.lower() != ".json":
+        raise DatasetError(f"dataset path '{path}' is a file, not a folder; give the folder that holds the images "
+                           "(or a COCO .json annotation file)")
+    try:
+        if path.is_dir() and not any(path.iterdir()):
+            raise DatasetError(f"dataset folder '{path}' is empty")
+        for layout in LAYOUTS:
+            if layout.probe(path):
+                return layout.build(path, split, limit)
+    except PermissionError as exc:
+        raise DatasetError(f"cannot read dataset folder '{path}' ({exc.strerror}: '{exc.filename}'); check its "
+                           "permissions") from exc
     known = "\n".join(f"  {layout.name}: {layout.description}" for layout in LAYOUTS)
     raise DatasetError(f"'{path}' matches no dataset layout edgekit knows:\n{known}")

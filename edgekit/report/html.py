@@ -7,7 +7,8 @@ from collections.abc import Iterable, Sequence
 from html import escape
 from typing import TYPE_CHECKING, Any
 
-from edgekit.report.plots import TASK_METRICS, VERDICT_COLOURS, metric_png, sqnr_png
+from edgekit.report.plots import VERDICT_COLOURS, metric_labels, metric_png, sqnr_png
+from edgekit.report.precision import precision_sections
 
 if TYPE_CHECKING:
     from edgekit.report.report import Report
@@ -62,8 +63,8 @@ def render_html(report: Report) -> str:
         if report.notes else "",
         _section("Plots", '<div class="plots">' + _img(metric_png(report), "metric bars fp32 vs INT8")
                  + _img(sqnr_png(report), "per-layer SQNR") + "</div>"),
-        _metrics_table(report), _latency_table(report), _calibration_table(report), _layers_table(report),
-        _graphs_table(report),
+        _metrics_table(report), _latency_table(report), precision_sections(report), _calibration_table(report),
+        _layers_table(report), _graphs_table(report),
         f"<footer>edgekit {escape(report.edgekit_version)} · {escape(report.created)} · report.json holds every "
         "number on this page.</footer></main></body></html>",
     ]
@@ -98,7 +99,7 @@ def _card(key: str, value: str, detail: str) -> str:
 def _metrics_table(report: Report) -> str:
     if not report.metrics:
         return ""
-    labels = TASK_METRICS.get(report.task, {})
+    labels = metric_labels(report)
     rows = []
     for key, label in labels.items():
         fp32, int8 = report.metrics["fp32"].get(key), report.metrics["int8"].get(key)

@@ -28,6 +28,15 @@ SQNR_WARN_DB = 20.0
 WARN_COLOUR = "#D1242F"
 
 
+def metric_labels(report: Report) -> dict[str, str]:
+    """The metrics to show, headline first: the task's, or its agreement metrics in label-free mode."""
+    if (report.evaluation or {}).get("mode") == "label-free":
+        from edgekit.precision.agreement import AGREEMENT_METRIC_LABELS
+
+        return AGREEMENT_METRIC_LABELS.get(report.task, {})
+    return TASK_METRICS.get(report.task, {})
+
+
 def metric_bars(report: Report, ax: Axes) -> None:
     """Grouped bars: each task metric for fp32 and INT8, in percent, values printed on the bars."""
     ax.set_title("Task metric, fp32 vs INT8" + (f" ({report.evaluation['images']} images)"
@@ -37,7 +46,7 @@ def metric_bars(report: Report, ax: Axes) -> None:
                 transform=ax.transAxes)
         ax.set_axis_off()
         return
-    labels = {k: v for k, v in TASK_METRICS.get(report.task, {}).items() if report.metrics["fp32"].get(k) is not None}
+    labels = {k: v for k, v in metric_labels(report).items() if report.metrics["fp32"].get(k) is not None}
     width = 0.38
     for offset, variant, colour, name in ((-width / 2, "fp32", FP32_COLOUR, "fp32"),
                                           (width / 2, "int8", INT8_COLOUR, "INT8")):

@@ -83,6 +83,8 @@ class Report:
     layer_images: str
     graphs: list[dict[str, Any]]
     notes: list[str] = field(default_factory=list)
+    # Mixed precision (edgekit.report.precision): the search's float layers and the bundle's sensitivity table.
+    precision: dict[str, Any] = field(default_factory=dict)
     edgekit_version: str = __version__
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     version: int = REPORT_VERSION
@@ -131,8 +133,14 @@ def build_report(bundle: str | Path, options: ReportOptions, *, bundle_name: str
     bundle = Path(bundle)
     manifest = verify(bundle)
     recipes, calibration = read_recipe_file(bundle)
-    headline = HEADLINES[manifest.task]
+    from edgekit.precision.scoring import is_labelled
+
     dataset = options.evaluation.open() if options.evaluation is not None else None
+    headline = asdict(HEADLINES[manifest.task])
+    if dataset is not None and not is_labelled(dataset):
+        from edgekit.precision.agreement import agreement_headline
+
+        headline = agreement_headline(manifest.task)
     notes = [f"graph '{role}' is not quantized: {why}" for role, why in calibration.get("float_only_roles", {}).items()]
     backends = choose_backends(manifest)
     accuracy = _Accuracy()
@@ -146,7 +154,7 @@ def build_report(bundle: str | Path, options: ReportOptions, *, bundle_name: str
         tasks = {"fp32": load_task(bundle, reference=True, backend=backends["fp32"], threads=options.threads),
                  "int8": load_task(bundle, backend=backends["int8"], threads=options.threads)}
         backend = _backend_label(backends)
-        accuracy = _accuracy(tasks, dataset, manifest, headline.key, options, backend)
+        accuracy = _accuracy(tasks, dataset, manifest, headline["key"], options, backend)
         notes.insert(0, accuracy.note)
         latency = compare_latency(tasks, images[0].image if images else _blank(manifest), runs=options.latency_runs,
                                   backend=backend, threads=options.threads)
@@ -162,15 +170,19 @@ def build_report(bundle: str | Path, options: ReportOptions, *, bundle_name: str
     convs = _integer_convs(bundle, manifest, recipes)
     notes += _speed_notes(latency, calibration, convs)
     if accuracy.verdict == FAIL:
-        notes.insert(0, _fail_note(accuracy.drop, options.max_drop, headline.key, layers,
+        notes.insert(0, _fail_note(accuracy.drop, options.max_drop, headline["key"], layers,
                                    list(recipes), calibration.get("observer", "")))
+    from edgekit.report.precision import precision_summary
+
+    precision = precision_summary(bundle, calibration, accuracy.drop)
+    notes += precision.pop("notes", [])
     return Report(
         model=manifest.model, task=manifest.task, target=manifest.target, bundle=bundle_name or str(bundle),
-        verdict=accuracy.verdict, max_drop=options.max_drop, headline=asdict(headline), metrics=accuracy.metrics,
+        verdict=accuracy.verdict, max_drop=options.max_drop, headline=headline, metrics=accuracy.metrics,
         drop=accuracy.drop, evaluation=accuracy.evaluation, calibration=_calibration_summary(calibration, recipes),
         latency=latency.to_dict() if latency else None, integer_convs=convs,
         layers=[e.to_dict() for e in sorted(layers, key=lambda e: e.sqnr_db)], layer_images=layer_source,
-        graphs=[_graph_row(g) for g in manifest.graphs], notes=notes,
+        graphs=[_graph_row(g) for g in manifest.graphs], notes=notes, precision=precision,
     )
 
 
@@ -191,11 +203,19 @@ def _accuracy(tasks: Mapping[str, Any], dataset: Any, manifest: Manifest, key: s
     if dataset is None or options.evaluation is None:
         return _Accuracy(note="no --eval-data: accuracy was not measured. Run `edgekit report BUNDLE --eval-data "
                               "DIR` with labelled images disjoint from the calibration images.")
-    _check_classes(manifest, dataset)
-    metrics = {v: evaluate_task(tasks[v], dataset, progress=options.progress, label=f"evaluating {v}")
-               for v in ("fp32", "int8")}
-    evaluation = {**options.evaluation.to_dict(), "images": len(dataset), "backend": backend}
-    note = f"evaluation split: {options.evaluation.description}"
+    from edgekit.precision.scoring import LABEL_FREE, LABELLED, MODE_DESCRIPTIONS, is_labelled
+
+    mode = LABELLED if is_labelled(dataset) else LABEL_FREE
+    if mode == LABELLED:
+        _check_classes(manifest, dataset)
+        metrics = {v: evaluate_task(tasks[v], dataset, progress=options.progress, label=f"evaluating {v}")
+                   for v in ("fp32", "int8")}
+    else:
+        from edgekit.precision.agreement import agreement_metrics
+
+        metrics = agreement_metrics(tasks, dataset, progress=options.progress)
+    evaluation = {**options.evaluation.to_dict(), "images": len(dataset), "backend": backend, "mode": mode}
+    note = f"evaluation split: {options.evaluation.description}; {MODE_DESCRIPTIONS[mode]}"
     fp32, int8 = metrics["fp32"][key], metrics["int8"][key]
     if fp32 is None or int8 is None:
         return _Accuracy(metrics, None, NOT_EVALUATED, evaluation, note + f"; {key} is undefined on it")

@@ -50,8 +50,18 @@ def test_empty_missing_and_unknown(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(DatasetError, match="is empty"):
         open_dataset(tmp_path / "empty")
-    Image.new("RGB", (4, 4)).save(tmp_path / "loose.jpg")  # images but no class folders
+    (tmp_path / "notes.txt").write_text("no pictures")  # files, but no images and no annotations
     with pytest.raises(DatasetError, match="matches no dataset layout") as err:
         open_dataset(tmp_path)
     for layout in LAYOUTS:
         assert layout.name in str(err.value)
+
+
+def test_loose_images_open_unlabelled(tmp_path: Path) -> None:
+    # A folder of photos without labels: calibration data, and label-free evaluation.
+    for name in ("b.jpg", "a.png"):
+        Image.new("RGB", (4, 4)).save(tmp_path / name)
+    dataset = open_dataset(tmp_path)
+    assert dataset.task == "" and len(dataset) == 2
+    assert [s.path.name for s in dataset] == ["a.png", "b.jpg"]
+    assert not hasattr(dataset[0], "label")
