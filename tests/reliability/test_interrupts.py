@@ -107,6 +107,9 @@ def test_ctrl_c_during_the_swap_waits_for_it(tmp_path: Path) -> None:
 import os, signal
 from pathlib import Path
 import edgekit.bundle as b
+# A shell starts background jobs (nohup ... &) with SIGINT ignored and children inherit it:
+# restore Ctrl-C as a terminal delivers it, or there is nothing to hold.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 dest = Path({str(tmp_path / 'bundle')!r})
 dest.mkdir(); (dest / "manifest.json").write_text("old")
 real = os.replace
