@@ -33,6 +33,7 @@ BARS = [
     ("mobilenetv2", "cls-val", "top1", 0.95),
     ("thundernet-snet146", "det-val", "map50", 0.70),
     ("thundernet-snet49", "det-val", "map50", 0.50),
+    ("dfanet-b", "seg-val", "miou", 0.75),
 ]
 
 
