@@ -23,6 +23,7 @@ from edgekit.exporters.registry import ExportJob, get_spec, get_target
 from edgekit.inputspec import InputSpec, make_input_spec
 from edgekit.models import get_spec as get_model_spec
 from edgekit.runtimes.backends import create_backend
+from lively import lively
 
 F32 = {"INFERENCE_PRECISION_HINT": "f32"}
 # Ops a quantizer passes through on NNCF's producer side (profile "openvino").
@@ -40,22 +41,11 @@ class Case:
     spec: InputSpec
 
 
-def _lively(module: nn.Module) -> nn.Module:
-    # Fresh BatchNorms (gamma 1, beta 0, unit statistics) let activations shrink layer after layer;
-    # random statistics keep the outputs large enough for cosines to mean something.
-    gen = torch.Generator().manual_seed(0)
-    for bn in (m for m in module.modules() if isinstance(m, nn.BatchNorm2d)):
-        n = bn.num_features
-        bn.weight.data, bn.bias.data = torch.rand(n, generator=gen) + 0.5, torch.randn(n, generator=gen) * 0.1
-        bn.running_mean, bn.running_var = torch.randn(n, generator=gen) * 0.1, torch.rand(n, generator=gen) + 0.5
-    return module.eval()
-
-
 def _single_graph_case(name: str, imgsz: tuple[int, int]) -> Case:
     torch.manual_seed(0)
     opts = ExportOptions(imgsz=imgsz)
     source = resolve_model(name, opts)
-    _lively(source.module)
+    lively(source.module)
     spec = make_input_spec(source.task, imgsz)
     plan = get_pipeline(source.task)(source, spec, opts)
     onnx.helper.set_model_props(plan.graphs["model"], {"edgekit.model": name, "edgekit.role": "model"})
@@ -64,7 +54,7 @@ def _single_graph_case(name: str, imgsz: tuple[int, int]) -> Case:
 
 def _stage1_case(name: str, imgsz: tuple[int, int]) -> Case:
     torch.manual_seed(0)
-    detector = _lively(get_model_spec(name).build())
+    detector = lively(get_model_spec(name).build())
     example = np.random.default_rng(0).standard_normal((1, 3, *imgsz)).astype(np.float32)
     return Case(STAGE1_ROLE, detector_to_onnx(detector, imgsz).stage1, Stage1(detector).eval(), example,
                 make_input_spec("detect", imgsz))

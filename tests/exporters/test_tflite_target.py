@@ -31,6 +31,7 @@ from edgekit.inputspec import InputSpec, make_input_spec  # noqa: E402
 from edgekit.models import get_spec as get_model_spec  # noqa: E402
 from edgekit.runtimes.backends import create_backend  # noqa: E402
 from edgekit.tflite_convert import tflite_op_counts  # noqa: E402
+from lively import lively
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = ROOT / "edgekit" / "fixtures" / "shufflenetv2-1.0.safetensors"
@@ -47,23 +48,12 @@ class Case:
     spec: InputSpec
 
 
-def _lively(module: nn.Module) -> nn.Module:
-    # Fresh BatchNorms (gamma 1, beta 0, unit statistics) shrink activations layer after layer;
-    # random statistics keep outputs large enough for a cosine to mean something.
-    gen = torch.Generator().manual_seed(0)
-    for bn in (m for m in module.modules() if isinstance(m, nn.BatchNorm2d)):
-        n = bn.num_features
-        bn.weight.data, bn.bias.data = torch.rand(n, generator=gen) + 0.5, torch.randn(n, generator=gen) * 0.1
-        bn.running_mean, bn.running_var = torch.randn(n, generator=gen) * 0.1, torch.rand(n, generator=gen) + 0.5
-    return module.eval()
-
-
 def _single_graph_case(name: str, imgsz: tuple[int, int], weights: Path | None = None) -> Case:
     torch.manual_seed(0)
     opts = ExportOptions(imgsz=imgsz, weights=weights, num_classes=6 if weights else None)
     source = resolve_model(name, opts)
     if weights is None:
-        _lively(source.module)
+        lively(source.module)
     spec = make_input_spec(source.task, imgsz)
     plan = get_pipeline(source.task)(source, spec, opts)
     example = np.random.default_rng(0).standard_normal((1, 3, *imgsz)).astype(np.float32)
@@ -72,7 +62,7 @@ def _single_graph_case(name: str, imgsz: tuple[int, int], weights: Path | None =
 
 def _detector_case(name: str, imgsz: tuple[int, int]) -> Case:
     torch.manual_seed(0)
-    detector = _lively(get_model_spec(name).build())
+    detector = lively(get_model_spec(name).build())
     graphs = detector_to_onnx(detector, imgsz)
     rng = np.random.default_rng(0)
     pooled = rng.standard_normal((5, detector.ps_channels, detector.pooled_size, detector.pooled_size))
@@ -187,7 +177,7 @@ def test_plain_litert_torch_conversion_of_a_unit_stack_keeps_the_shuffle_ops() -
     from edgekit.models.zoo.shufflenetv2 import make_stage
     from edgekit.tflite_convert import quiet_converters
 
-    stage = _lively(make_stage(24, 116, 4))
+    stage = lively(make_stage(24, 116, 4))
     with quiet_converters(), torch.no_grad():
         ops = tflite_op_counts(litert_torch.convert(stage, (torch.randn(1, 24, 16, 16),)).model_content())
     # 4 units, one shuffle each: a 5-D reshape/transpose/reshape, plus layout transposes around it.
