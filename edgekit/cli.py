@@ -311,6 +311,9 @@ def eval_command(
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the metrics to this file.")] = None,
     limit: Annotated[int | None, typer.Option(help="With --model: score only the first N images.")] = None,
     batch: Annotated[int, typer.Option(help="With --model: images per forward pass.")] = 16,
+    imgsz: Annotated[tuple[int, int] | None, typer.Option(metavar="H W", help="With --model: input height and "
+                                                          "width; default: the weights' card, else the model's "
+                                                          "registered size.")] = None,
 ) -> None:
     """Score a bundle (runtime SDK) or PyTorch weights on labelled data: top-1/top-5, COCO mAP/AP50 or mIoU as JSON."""
     import json
@@ -327,9 +330,16 @@ def eval_command(
                    "bundle", **metrics}
     else:
         from edgekit.evaluate import evaluate
+        from edgekit.train.checkpoint import card_path
 
         assert model is not None
-        metrics = evaluate(model, weights, data, limit=limit, batch_size=batch, progress=True)
+        metrics = evaluate(model, weights, data, limit=limit, imgsz=imgsz, batch_size=batch, progress=True)
+        if weights is not None and metrics["preprocessing"] == "registered defaults":
+            # Weights trained by `edgekit train` carry a card with their input size; without it the
+            # registered size (e.g. 1024x2048 for a segmenter) can score good weights near zero.
+            typer.echo(f"warning: no card beside '{weights}' (expected {card_path(weights).name}): scoring at "
+                       f"the registered input size {metrics['imgsz'][0]}x{metrics['imgsz'][1]} with the task's "
+                       "default normalisation. Copy the card next to the weights, or pass --imgsz H W.", err=True)
     text = json.dumps(metrics, indent=1)
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)

@@ -94,7 +94,9 @@ def evaluate(model_name: str, weights: str | Path | None, data_dir: str | Path, 
         progress: show a progress bar on stderr.
 
     Returns:
-        ``{"model", "task", "weights", "data", "images", "imgsz", ...metrics}``: classifiers add
+        ``{"model", "task", "weights", "data", "images", "imgsz", "preprocessing", ...metrics}``:
+        ``preprocessing`` says where the input size and normalisation came from (``card``, or
+        ``registered defaults`` for weights without a card beside them); classifiers add
         ``top1``/``top5``; segmenters ``miou``, ``pixel_accuracy``, ``per_class_iou``.
     """
     from edgekit.train.checkpoint import read_card
@@ -113,8 +115,10 @@ def evaluate(model_name: str, weights: str | Path | None, data_dir: str | Path, 
     if weights is not None:
         load_weights(model, weights)
     metrics = evaluate_model(model, spec.task, dataset, preprocess, batch_size=batch_size, progress=progress)
+    source = "card" if card else "registered defaults"
     head = {"model": spec.name, "task": spec.task.value, "weights": str(weights) if weights else None,
-            "data": str(data_dir), "images": len(dataset), "imgsz": list(preprocess.imgsz)}
+            "data": str(data_dir), "images": len(dataset), "imgsz": list(preprocess.imgsz),
+            "preprocessing": f"{source}, --imgsz" if imgsz is not None else source}
     return {**head, **metrics}
 
 

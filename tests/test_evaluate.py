@@ -90,3 +90,27 @@ def test_without_a_card_the_task_defaults_apply() -> None:
 def test_data_of_another_task_is_refused() -> None:
     with pytest.raises(EdgekitError, match="segment dataset but the model is a classify model"):
         evaluate("shufflenetv2-0.5", None, SAMPLES / "seg-val", limit=1)
+
+
+def test_cli_warns_when_weights_have_no_card(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from edgekit.cli import app
+
+    weights = tmp_path / "w.safetensors"
+    save_weights(get_spec("shufflenetv2-0.5").build(num_classes=6).state_dict(), weights)
+    args = ["eval", "--model", "shufflenetv2-0.5", "--weights", str(weights), "--data", str(SAMPLES / "cls-val"),
+            "--limit", "2"]
+    bare = CliRunner().invoke(app, args)
+    assert bare.exit_code == 0, bare.output
+    assert "no card beside" in bare.stderr and "224x224" in bare.stderr
+    sized = CliRunner().invoke(app, [*args, "--imgsz", "64", "64", "--json", str(tmp_path / "m.json")])
+    assert sized.exit_code == 0, sized.output
+    import json
+
+    stored = json.loads((tmp_path / "m.json").read_text())
+    assert stored["imgsz"] == [64, 64] and stored["preprocessing"] == "registered defaults, --imgsz"
+    write_card(WeightsCard(model="shufflenetv2-0.5", task="classify", num_classes=6, class_names=[],
+                           imgsz=(48, 48), preprocess=Preprocess(imgsz=(48, 48)).to_dict()), weights)
+    carded = CliRunner().invoke(app, args)
+    assert carded.exit_code == 0 and "no card" not in carded.stderr
