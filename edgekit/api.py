@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from edgekit.auto_target import Selection, SelectionOptions
     from edgekit.report import Report
 
 TOOLCHAIN_PACKAGES: tuple[str, ...] = ("torch", "onnx", "onnxruntime", "onnxslim")
@@ -190,13 +191,14 @@ class GraphPlan:
 
 @dataclass(frozen=True)
 class ExportResult:
-    """A written bundle: where it is, its manifest, and what the graph passes did."""
+    """A written bundle: where it is, its manifest, what the graph passes did, its report and (auto-int8) selection."""
 
     bundle: Path
     manifest: Manifest
     passes: dict[str, list[dict[str, Any]]]
     node_counts: dict[str, tuple[int, int]]
     report: Report | None = None
+    selection: Selection | None = None
 
 
 Pipeline = Callable[[SourceModel, InputSpec, ExportOptions], GraphPlan]
@@ -221,30 +223,44 @@ def get_pipeline(task: str) -> Pipeline:
 
 
 def export(
-    model: str | nn.Module,
+    model: str | nn.Module | SourceModel,
     *,
     out: str | Path,
     target: str = "onnx-fp32",
     options: ExportOptions | None = None,
+    selection: SelectionOptions | None = None,
     **overrides: Any,
 ) -> ExportResult:
     """Export ``model`` to a deploy bundle directory ``out`` for ``target``.
 
     Args:
-        model: a registry name (``edgekit models``), ``path/to/file.py:factory``, or an
-            ``nn.Module`` (copied, not modified).
+        model: a registry name (``edgekit models``), ``path/to/file.py:factory``, an
+            ``nn.Module`` (copied, not modified), or a ``SourceModel`` from ``resolve_model``
+            (copied; its weights are loaded already).
         out: bundle directory; written atomically, an existing bundle there is replaced.
-        target: registered target name (``edgekit.exporters.registry.list_targets()``).
+        target: registered target name (``edgekit.exporters.registry.list_targets()``), or
+            ``auto-int8``: the fastest float or INT8 target on this machine within ``max_drop``
+            (:mod:`edgekit.auto_target`).
         options: export options; keyword ``overrides`` replace its fields
             (``edgekit.export(m, out=d, imgsz=(160, 160))``).
+        selection: ``auto-int8`` only: candidates and timing (``SelectionOptions``).
 
     Returns:
-        The bundle path, its manifest, the graph pass log and node counts.
+        The bundle path, its manifest, the graph pass log and node counts (``auto-int8``: the
+        chosen candidate's, with ``selection``).
     """
+    from edgekit.auto_target import AUTO_TARGET
     from edgekit.exporters.registry import ExportJob, get_target
     from edgekit.quantize import calibration_split
 
     opts = _merge(options or ExportOptions(), overrides)
+    if target == AUTO_TARGET:
+        from edgekit.auto_target import export_auto
+
+        return export_auto(model, out=out, options=opts, selection=selection)
+    if selection is not None:
+        raise ExportError(f"--candidates, --runs and --threads choose among targets for --target {AUTO_TARGET}; "
+                          f"drop them for --target {target}.")
     tgt = get_target(target)
     tgt.ensure_available()
     tgt.check_request(dynamic_batch=opts.dynamic_batch, precision=tgt.spec.precisions[0])
@@ -297,7 +313,7 @@ def export(
     return result
 
 
-def with_card_defaults(model: str | nn.Module, opts: ExportOptions) -> ExportOptions:
+def with_card_defaults(model: str | nn.Module | SourceModel, opts: ExportOptions) -> ExportOptions:
     """Options the weights' card fills in (classes, input size, preprocessing) where the user gave none.
 
     ``edgekit train`` writes ``W.json`` beside ``W.safetensors``: the network must be exported
@@ -330,9 +346,17 @@ def _merge(options: ExportOptions, overrides: dict[str, Any]) -> ExportOptions:
     return dataclasses.replace(options, **overrides) if overrides else options
 
 
-def resolve_model(model: str | nn.Module, opts: ExportOptions) -> SourceModel:
-    """Build (zoo, ``file.py:factory``) or copy (``nn.Module``) the network and load weights."""
+def resolve_model(model: str | nn.Module | SourceModel, opts: ExportOptions) -> SourceModel:
+    """Build (zoo, ``file.py:factory``) or copy (``nn.Module``, ``SourceModel``) the network and load weights.
+
+    A ``SourceModel`` was resolved before, weights and all: ``--target auto-int8`` builds the
+    network once for every candidate, since each fresh build of a model without weights would be
+    initialised differently.
+    """
     from torch import nn
+
+    if isinstance(model, SourceModel):
+        return dataclasses.replace(model, module=copy.deepcopy(model.module))
 
     from edgekit.models import get_spec
     from edgekit.models.weights import load_weights

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -16,6 +16,7 @@ from edgekit.errors import EdgekitError
 from edgekit.inputspec import ChannelOrder, ResizeMode
 
 if TYPE_CHECKING:
+    from edgekit.auto_target import Selection
     from edgekit.report import Report
 
 app = typer.Typer(
@@ -99,9 +100,11 @@ def info_command(
 
 
 def _target_help() -> str:
+    from edgekit.auto_target import AUTO_TARGET, AUTO_TARGET_SUMMARY
     from edgekit.exporters.registry import get_spec, list_targets
 
-    return "Export target: " + "; ".join(f"{n} ({get_spec(n).summary})" for n in list_targets()) + "."
+    targets = [f"{n} ({get_spec(n).summary})" for n in list_targets()]
+    return "Export target: " + "; ".join([*targets, f"{AUTO_TARGET}: {AUTO_TARGET_SUMMARY}"]) + "."
 
 
 @app.command("export")
@@ -157,15 +160,24 @@ def export_command(
                                            "(keep the most sensitive layers float, FP16 where the target has it, "
                                            "until the drop on --eval-data is within --max-drop; unlabelled "
                                            "--eval-data: agreement with fp32).")] = "int8",
+    candidates: Annotated[str | None, typer.Option(help="--target auto-int8: comma-separated targets to compare "
+                                                   "(default: the installed ones of onnx-fp32, onnx-int8, "
+                                                   "openvino-fp32, openvino-fp16, openvino-int8).")] = None,
+    runs: Annotated[int | None, typer.Option(min=1, help="--target auto-int8: timed predictions per candidate "
+                                             "(default 20; the medians are compared).")] = None,
+    threads: Annotated[int | None, typer.Option(min=1, help="--target auto-int8: CPU threads per inference while "
+                                                "timing (default: this machine's cores).")] = None,
 ) -> None:
     """Export a model to a deploy bundle: ONNX opset 17, graph passes, manifest with hashes.
 
     INT8 targets (onnx-int8) calibrate on --calib-data and write the accuracy-drop report
-    (report.json, report.html, report.png) into the bundle.
+    (report.json, report.html, report.png) into the bundle. --target auto-int8 exports every
+    candidate, times them here and keeps the fastest within --max-drop (selection.json says why).
     """
     import dataclasses
 
     from edgekit.api import ExportOptions, export
+    from edgekit.auto_target import AUTO_TARGET, SELECTION_NAME, SelectionOptions
 
     options = ExportOptions(
         weights=weights, imgsz=imgsz, batch=batch, dynamic_batch=dynamic_batch, mean=mean, std=std,
@@ -174,14 +186,21 @@ def export_command(
         calib_samples=calib_samples, observer=observer, percentile=percentile, eval_data=eval_data,
         max_drop=max_drop, strict=strict, repairs=repairs, precision=precision, progress=True,
     )
+    given: dict[str, Any] = {k: v for k, v in (("candidates", candidates), ("runs", runs), ("threads", threads))
+                             if v is not None}
+    selection = SelectionOptions(**given) if given or target == AUTO_TARGET else None
     if calib_data is None:
         with console.status(f"exporting {model} to {target}..."):
-            result = export(model, out=out, target=target, options=options)
+            result = export(model, out=out, target=target, options=options, selection=selection)
     else:  # calibration and evaluation draw their own progress bars (one live display at a time)
         console.print(f"exporting {model} to {target}, calibrating on {calib_data}...", soft_wrap=True)
-        # --strict is checked below, once the bundle and its report have been printed
-        result = export(model, out=out, target=target, options=dataclasses.replace(options, strict=False))
-    console.print(f"[bold]{result.manifest.model}[/bold] -> {result.bundle}/ ({target})", soft_wrap=True)
+        # --strict is checked below, once the bundle and its report have been printed (auto-int8 refuses it)
+        result = export(model, out=out, target=target, selection=selection,
+                        options=options if target == AUTO_TARGET else dataclasses.replace(options, strict=False))
+    if result.selection is not None:
+        _print_selection(result.selection)
+    chosen = f"{target} chose {result.manifest.target}, see {SELECTION_NAME}" if result.selection else target
+    console.print(f"[bold]{result.manifest.model}[/bold] -> {result.bundle}/ ({chosen})", soft_wrap=True)
     for graph in result.manifest.graphs:
         line = f"  {graph.path}: {graph.size_bytes / 1e6:.2f} MB, sha256 {graph.sha256[:16]}…, {graph.precision}"
         if graph.role in result.node_counts:
@@ -194,6 +213,36 @@ def export_command(
         _print_report(result.report)
         if strict:
             result.report.enforce()
+
+
+def _cpu_line(cpu: dict[str, Any]) -> str:
+    """``CPU: model (machine, N cores) ISA: flags`` from ``cpu_description()``."""
+    return f"CPU: {cpu['model']} ({cpu['machine']}, {cpu['cores']} cores) ISA: {' '.join(cpu['isa']) or '-'}"
+
+
+def _percent(value: float | None) -> str:
+    return _fmt(None if value is None else 100 * value, 2)
+
+
+def _print_selection(selection: Selection) -> None:
+    key = selection.metric["key"]
+    table = Table(title=f"auto-int8: p50 ms end to end ({selection.runs} runs, {selection.threads} threads), "
+                        f"{key} %, drop pt (budget {selection.max_drop:.2f}), graph MB")
+    numeric = ("ms", key, "drop", "MB")
+    for column in ("target", "backend", *numeric, "reason"):
+        table.add_column(column, no_wrap=column != "reason", justify="right" if column in numeric else "left")
+    for c in selection.candidates:
+        table.add_row(c.target, c.backend, f"{c.latency_ms:.2f}", _percent(c.metric), _fmt(c.drop_pt, 2),
+                      f"{c.size_bytes / 1e6:.2f}", ("chosen: " if c.chosen else "") + c.reason,
+                      style="bold green" if c.chosen else None if c.meets_budget else "red")
+    console.print(table)
+    reference = selection.reference
+    console.print(f"  {_cpu_line(selection.cpu)}", soft_wrap=True, highlight=False)
+    console.print(f"  drops against fp32 {key} {_percent(reference['metric'])}: {reference['source']}",
+                  soft_wrap=True, highlight=False)
+    if selection.int8_report:
+        console.print(f"  INT8 was not chosen; its accuracy-drop report is kept as {selection.int8_report}",
+                      soft_wrap=True, highlight=False)
 
 
 def _print_report(report: Report) -> None:
@@ -420,7 +469,6 @@ def bench_command(
     with console.status(f"timing {runs} predictions on {model.backend}..."):
         r = benchmark(model, picture, runs=runs, warmup=warmup)
     lat, split, total = r.latency_ms, r.split_ms, r.latency_ms["mean"]
-    cpu = r.cpu
     lines = [
         f"{r.model} ({r.task}, {r.target}) on {r.backend}, threads {r.threads or 'default'}, "
         f"{r.input_size[0]}x{r.input_size[1]}, {r.runs} runs after {r.warmup} warm-up, {model.graph_mode} graph",
@@ -428,7 +476,7 @@ def bench_command(
         f"FPS {r.fps:.1f}  peak memory " + ("-" if r.peak_rss_mb is None else f"{r.peak_rss_mb:.0f} MiB"),
         "split ms: " + "  ".join(f"{k} {v:.2f} ({100 * v / total:.1f}%)" for k, v in split.items())
         + f"  -> pre+post {100 * r.pre_post_share:.1f}%",
-        f"CPU: {cpu['model']} ({cpu['machine']}, {cpu['cores']} cores) ISA: {' '.join(cpu['isa']) or '-'}",
+        _cpu_line(r.cpu),
     ]
     for line in lines:
         console.print(line, highlight=False, soft_wrap=True)

@@ -1,4 +1,5 @@
-"""``track``: an iterable with a transient progress bar on the terminal (rich, imported on use)."""
+"""Progress on the terminal (rich, imported on use): ``track``, an iterable with a transient bar; ``step``, one line
+per stage of a longer run."""
 
 from __future__ import annotations
 
@@ -26,3 +27,11 @@ def track(items: Iterable[T], label: str, *, enabled: bool = True, total: int | 
         for item in items:
             yield item
             bar.advance(task)
+
+
+def step(message: str, *, enabled: bool = True) -> None:
+    """Print ``message`` as one progress line (a stage of a longer run, such as one candidate) when ``enabled``."""
+    if enabled:
+        from rich.console import Console
+
+        Console().print(message, highlight=False, soft_wrap=True)

@@ -1,8 +1,10 @@
-"""fp32 vs INT8 latency of one bundle on one backend: same process, same image, runs interleaved.
+"""Latency of task pipelines timed against each other: same process, same image, runs interleaved.
 
-Each round runs every variant once, alternating which goes first, so a slow patch of the
-machine (another process, frequency scaling) hits both alike. The medians are reported:
-the time inside the graphs (``infer_ms``) and end to end (pre-processing and glue too).
+Each round runs every variant once, alternating the order (forward, then reversed), so a slow
+patch of the machine (another process, frequency scaling) hits them alike. The medians are
+reported: the time inside the graphs (``infer_ms``) and end to end (pre-processing and glue
+too). ``interleaved_latency`` times any number of variants (``--target auto-int8`` times every
+candidate bundle); ``compare_latency`` is the report's fp32 vs INT8 pair.
 """
 
 from __future__ import annotations
@@ -50,10 +52,30 @@ class LatencyComparison:
         return {**asdict(self), "speedup": round(self.speedup, 3), "int8_faster": self.int8_faster}
 
 
-def compare_latency(tasks: Mapping[str, Any], image: Any, *, runs: int = 20, warmup: int = 3,
-                    backend: str = "onnxruntime", threads: int | None = None) -> LatencyComparison:
-    """Time the ``fp32`` and ``int8`` task pipelines of ``tasks`` on ``image``, interleaved."""
-    order = ("fp32", "int8")
+@dataclass(frozen=True)
+class VariantLatency:
+    """Median latency of one variant.
+
+    Args:
+        infer_ms: median time inside the graphs per image.
+        total_ms: median end-to-end time per image (pre-processing, graphs, glue, post-processing).
+    """
+
+    infer_ms: float
+    total_ms: float
+
+
+def interleaved_latency(tasks: Mapping[str, Any], image: Any, *, runs: int = 20,
+                        warmup: int = 3) -> dict[str, VariantLatency]:
+    """Median latency of each task pipeline in ``tasks`` on ``image``, the variants run round by round.
+
+    Args:
+        tasks: name -> a loaded task pipeline (``predict`` and ``predict_timed``).
+        image: what every variant predicts.
+        runs: timed predictions per variant.
+        warmup: untimed predictions per variant first.
+    """
+    order = list(tasks)
     for _ in range(warmup):
         for name in order:
             tasks[name].predict(image)
@@ -64,8 +86,14 @@ def compare_latency(tasks: Mapping[str, Any], image: Any, *, runs: int = 20, war
             _, times = tasks[name].predict_timed(image)
             infer[name].append(times.infer_ms)
             total[name].append(times.total_ms)
-    med = {name: statistics.median(values) for name, values in infer.items()}
-    med_total = {name: statistics.median(values) for name, values in total.items()}
+    return {name: VariantLatency(infer_ms=round(statistics.median(infer[name]), 4),
+                                 total_ms=round(statistics.median(total[name]), 4)) for name in order}
+
+
+def compare_latency(tasks: Mapping[str, Any], image: Any, *, runs: int = 20, warmup: int = 3,
+                    backend: str = "onnxruntime", threads: int | None = None) -> LatencyComparison:
+    """Time the ``fp32`` and ``int8`` task pipelines of ``tasks`` on ``image``, interleaved."""
+    med = interleaved_latency({name: tasks[name] for name in ("fp32", "int8")}, image, runs=runs, warmup=warmup)
     return LatencyComparison(backend=backend, threads=threads, runs=runs, warmup=warmup,
-                             fp32_ms=round(med["fp32"], 4), int8_ms=round(med["int8"], 4),
-                             fp32_total_ms=round(med_total["fp32"], 4), int8_total_ms=round(med_total["int8"], 4))
+                             fp32_ms=med["fp32"].infer_ms, int8_ms=med["int8"].infer_ms,
+                             fp32_total_ms=med["fp32"].total_ms, int8_total_ms=med["int8"].total_ms)

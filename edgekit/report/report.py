@@ -381,7 +381,8 @@ def _speed_notes(latency: Any, calibration: Mapping[str, Any], convs: Mapping[st
         notes.append(f"INT8 is not faster than fp32 on this CPU ({cpu}) with {latency.backend}: "
                      f"{latency.int8_ms:.2f} ms vs {latency.fp32_ms:.2f} ms in the graphs ({latency.speedup:.2f}x). "
                      "Quantization still shrinks the files; expect a speed-up only where the backend has fast INT8 "
-                     "kernels for these layers.")
+                     "kernels for these layers. `--target auto-int8` picks the fastest precision that meets the "
+                     "budget.")
     for role, count in convs.items():
         if count["float"]:
             notes.append(f"{count['float']} of {count['total']} convolutions of '{role}' stay float in "
