@@ -65,9 +65,12 @@ class ExportOptions:
         calib_samples: calibration images used: the first N of a seeded permutation.
         observer: activation range observer: ``mse`` (the clipping threshold with the least
             expected quantization error), ``entropy`` (TensorRT's KL method), ``minmax`` or
-            ``percentile``. ``mse`` is the default: on the trained fixtures ``entropy`` cost
-            MobileNetV2 5 top-1 points (its KL argmin clipped a ReLU6 output at 0.79 with a
-            tenth of the values above it), the others none (docs/benchmarks/calib_vs_peers.md).
+            ``percentile``; or ``auto``: calibrate with ``mse`` and ``entropy`` and keep the one
+            with the smaller drop on ``eval_data`` (:mod:`edgekit.precision.observer_choice`).
+            ``mse`` is the default: on the trained fixtures ``entropy`` cost MobileNetV2 5 top-1
+            points (its KL argmin clipped a ReLU6 output at 0.79 with a tenth of the values above
+            it), while ``mse`` cost BiSeNet 2.5 mIoU points where ``entropy`` cost 0.6
+            (docs/benchmarks/calib_vs_peers.md).
         percentile: the ``percentile`` observer's percentile.
         eval_data: labelled images for the accuracy-drop report, disjoint from the calibration
             samples; the calibration folder itself is split (first N calibrate, the rest evaluate).
@@ -133,9 +136,15 @@ class ExportOptions:
 
         if self.calib_samples < 1:
             raise ExportError(f"calib_samples must be >= 1, got {self.calib_samples}.")
-        if self.observer not in OBSERVERS:
-            raise ExportError(f"unknown observer '{self.observer}'; choose one of: {', '.join(OBSERVERS)}."
-                              f"{suggest(self.observer, OBSERVERS)}")
+        from edgekit.precision.observer_choice import AUTO_OBSERVER
+
+        choices = (*OBSERVERS, AUTO_OBSERVER)
+        if self.observer not in choices:
+            raise ExportError(f"unknown observer '{self.observer}'; choose one of: {', '.join(choices)}."
+                              f"{suggest(self.observer, choices)}")
+        if self.observer == AUTO_OBSERVER and self.eval_data is None:
+            raise ExportError("--observer auto picks the observer with the smaller drop on evaluation images; pass "
+                              "--eval-data DIR (the --calib-data folder itself is split when it is the same folder).")
         if not 0.0 < self.percentile <= 100.0:
             raise ExportError(f"percentile must be in (0, 100], got {self.percentile}.")
         if not self.max_drop >= 0.0:
@@ -286,7 +295,12 @@ def export(
 
             settings = CalibrationSettings(profile=str(tgt.spec.quant_profile), observer=opts.observer,
                                            percentile=opts.percentile, repairs=opts.repairs, progress=opts.progress)
-            quantized = quantize_graphs(plan.graphs, spec, plan.postprocess, split, settings)
+            if opts.observer == "auto":
+                from edgekit.precision.observer_choice import quantize_best_observer
+
+                quantized = quantize_best_observer(plan, spec, split, settings, source.task, labels)
+            else:
+                quantized = quantize_graphs(plan.graphs, spec, plan.postprocess, split, settings)
             if opts.precision == "auto":
                 from edgekit.precision.workflow import search_export
 

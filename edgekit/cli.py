@@ -145,7 +145,8 @@ def export_command(
     calib_samples: Annotated[int, typer.Option(min=1, help="Calibration images used: the first N of a seeded "
                                                "shuffle of --calib-data.")] = 300,
     observer: Annotated[str, typer.Option(help="Activation range observer: mse (least expected quantization error), "
-                                          "entropy (TensorRT's KL method), minmax or percentile.")] = "mse",
+                                          "entropy (TensorRT's KL method), minmax, percentile, or auto (calibrate with "
+                                          "mse and entropy, keep the one with the smaller drop on --eval-data).")] = "mse",
     percentile: Annotated[float, typer.Option(help="Percentile of the percentile observer.")] = 99.99,
     eval_data: Annotated[Path | None, typer.Option(help="Labelled images for the accuracy-drop report, disjoint from "
                                                    "calibration; the --calib-data folder itself is split (first N "

@@ -42,9 +42,15 @@ if TYPE_CHECKING:
 
 DEVICE = "CPU"
 QUANT_PROFILE = "openvino"
-# Lowest cosine between the int8 IR and onnxruntime on the same QDQ ONNX that passes export;
-# both quantize identically, so what is left is rounding order and the float parts' precision.
+# Lowest cosine between the int8 IR and onnxruntime on the same QDQ ONNX that always passes export;
+# both quantize identically, so what is left is rounding order (OpenVINO's integer kernels vs
+# onnxruntime's float Q/DQ). Where INT8 itself moves the outputs far, rounding differences grow
+# with it through the network: a BiSeNet whose simulated INT8 is at cosine 0.988 to fp32 had
+# OpenVINO and onnxruntime at 0.988 to each other. So the IR also passes when it is as close to
+# fp32 as the simulated INT8 is, within QDQ_ERROR_SHARE of INT8's own error (1 - cosine): a misread
+# Q/DQ pair (wrong axis, scale or zero point) takes the IR away from fp32, rounding does not.
 MIN_QDQ_COSINE = 0.99
+QDQ_ERROR_SHARE = 0.25
 # Symbolic dimensions are fed at this size when the IR is checked (batch, RoIs).
 _CHECK_DIM = 1
 
@@ -116,7 +122,6 @@ class OpenVinoInt8(Target):
     def export(self, job: ExportJob, out_dir: Path) -> list[GraphFile]:
         """Quantize each graph with its recipe, convert, check and save it; graphs without a recipe stay fp32."""
         from edgekit.calib.qdq import quantize_model
-        from edgekit.calib.recipe import Precision as CalibPrecision
 
         if not job.recipes:
             raise ExportError(f"target '{self.name}' needs a calibration recipe (profile '{QUANT_PROFILE}'); "
@@ -132,16 +137,22 @@ class OpenVinoInt8(Target):
             qdq = quantize_model(graph, recipe)
             model = onnx_to_openvino(qdq)
             feeds = check_feeds(job, role, graph)
-            # Layers mixed precision keeps fp32 must run at f32 (the runtime compiles such an IR so);
-            # the CPU plugin's default bf16 would lose what INT8 lost.
-            keeps_fp32 = any(p is CalibPrecision.FP32 for p in recipe.layer_precision.values())
-            cosine = compare_with_onnxruntime(model, qdq, feeds, {"INFERENCE_PRECISION_HINT": "f32"} if keeps_fp32
-                                              else None)
-            if cosine < MIN_QDQ_COSINE:
+            # The check is whether OpenVINO reads every Q/DQ pair as onnxruntime does, so the float parts
+            # run at f32 here: on CPUs with AVX-512 BF16/AMX the plugin's default bf16 alone moved a BiSeNet's
+            # logits to cosine 0.988. What bf16 costs at run time is the accuracy-drop report's to measure
+            # (the runtime compiles INT8 IRs with the plugin's default, f32 where mixed precision keeps fp32).
+            cos = compare_with_onnxruntime(model, qdq, feeds, {"INFERENCE_PRECISION_HINT": "f32"}, reference=graph)
+            cosine, int8_cosine = cos["ir_vs_qdq"], cos["qdq_vs_fp32"]
+            faithful = cos["ir_vs_fp32"] >= int8_cosine - QDQ_ERROR_SHARE * (1.0 - int8_cosine)
+            if cosine < MIN_QDQ_COSINE and not faithful:
                 raise ExportError(f"the int8 IR of graph '{role}' disagrees with onnxruntime on the same QDQ ONNX "
-                                  f"(cosine {cosine:.4f} < {MIN_QDQ_COSINE}); OpenVINO {_ov_version()} read some "
-                                  "Q/DQ pair differently. Export openvino-fp32, or onnx-int8 to run it in onnxruntime.")
-            info = {"ort_qdq_cosine": f"{cosine:.6f}", "recipe_hash": recipe.content_hash(),
+                                  f"(cosine {cosine:.4f} < {MIN_QDQ_COSINE}) and is farther from fp32 than the "
+                                  f"QDQ ONNX (cosine {cos['ir_vs_fp32']:.4f} vs {int8_cosine:.4f}); OpenVINO "
+                                  f"{_ov_version()} read some Q/DQ pair differently. Export openvino-fp32, or "
+                                  "onnx-int8 to run it in onnxruntime.")
+            info = {"ort_qdq_cosine": f"{cosine:.6f}", "int8_fp32_cosine": f"{int8_cosine:.6f}",
+                    "ir_fp32_cosine": f"{cos['ir_vs_fp32']:.6f}",
+                    "recipe_hash": recipe.content_hash(),
                     "quant_profile": recipe.profile}
             if recipe.layer_precision:  # mixed precision: these layers have no FakeQuantize in the IR
                 info["layer_precision"] = json.dumps({n: p.value for n, p in sorted(recipe.layer_precision.items())})
@@ -182,8 +193,10 @@ def check_feeds(job: ExportJob, role: str, graph: onnx.ModelProto) -> dict[str, 
 
 
 def compare_with_onnxruntime(model: ov.Model, qdq: onnx.ModelProto, feeds: Mapping[str, np.ndarray],
-                             config: Mapping[str, str] | None = None) -> float:
-    """Lowest cosine over the outputs of ``model`` on the CPU plugin (``config``) vs onnxruntime running ``qdq``."""
+                             config: Mapping[str, str] | None = None, *,
+                             reference: onnx.ModelProto | None = None) -> dict[str, float]:
+    """Lowest cosines over the outputs: ``model`` on the CPU plugin (``config``) vs onnxruntime running ``qdq``
+    (``ir_vs_qdq``), and, with the fp32 ``reference`` run in onnxruntime, ``qdq_vs_fp32`` and ``ir_vs_fp32``."""
     import onnxruntime as ort
     import openvino as ov
 
@@ -193,13 +206,23 @@ def compare_with_onnxruntime(model: ov.Model, qdq: onnx.ModelProto, feeds: Mappi
     # ReduceMean output spans ~1e-6) and would make the reference, not the IR, wrong.
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(qdq.SerializeToString(), options, providers=["CPUExecutionProvider"])
     names = [o.name for o in qdq.graph.output]
-    expected = dict(zip(names, session.run(names, dict(feeds))))
+
+    def run(graph: onnx.ModelProto) -> dict[str, np.ndarray]:
+        session = ort.InferenceSession(graph.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        return dict(zip(names, session.run(names, dict(feeds))))
+
+    def lowest(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> float:
+        return min(cosine(a[name], b[name]) for name in names)
+
+    expected = run(qdq)
     compiled = ov.Core().compile_model(model, DEVICE, dict(config or {}))
-    result = compiled(dict(feeds))
-    got = {port.get_any_name(): value for port, value in result.items()}
-    return min(cosine(got[name], expected[name]) for name in names)
+    got = {port.get_any_name(): value for port, value in compiled(dict(feeds)).items()}
+    out = {"ir_vs_qdq": lowest(got, expected)}
+    if reference is not None:
+        fp32 = run(reference)
+        out.update(qdq_vs_fp32=lowest(expected, fp32), ir_vs_fp32=lowest(got, fp32))
+    return out
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:

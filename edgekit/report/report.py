@@ -133,6 +133,7 @@ def build_report(bundle: str | Path, options: ReportOptions, *, bundle_name: str
     bundle = Path(bundle)
     manifest = verify(bundle)
     recipes, calibration = read_recipe_file(bundle)
+    from edgekit.precision.observer_choice import choice_note
     from edgekit.precision.scoring import is_labelled
 
     dataset = options.evaluation.open() if options.evaluation is not None else None
@@ -169,6 +170,7 @@ def build_report(bundle: str | Path, options: ReportOptions, *, bundle_name: str
         notes.append("per-layer errors were not measured: they need the bundle's INT8 graphs as QDQ ONNX.")
     convs = _integer_convs(bundle, manifest, recipes)
     notes += _speed_notes(latency, calibration, convs)
+    notes += choice_note(calibration)
     if accuracy.verdict == FAIL:
         notes.insert(0, _fail_note(accuracy.drop, options.max_drop, headline["key"], layers,
                                    list(recipes), calibration.get("observer", "")))
