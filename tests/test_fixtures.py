@@ -34,6 +34,7 @@ BARS = [
     ("thundernet-snet146", "det-val", "map50", 0.70),
     ("thundernet-snet49", "det-val", "map50", 0.50),
     ("dfanet-b", "seg-val", "miou", 0.75),
+    ("bisenet", "seg-val", "miou", 0.75),
 ]
 
 
