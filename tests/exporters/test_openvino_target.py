@@ -27,7 +27,8 @@ from lively import lively
 
 F32 = {"INFERENCE_PRECISION_HINT": "f32"}
 # Ops a quantizer passes through on NNCF's producer side (profile "openvino").
-COMMUTING = frozenset({"MaxPool", "Concat", "Reshape", "StridedSlice", "Slice", "Split", "VariadicSplit", "Transpose"})
+COMMUTING = frozenset({"MaxPool", "Concat", "Reshape", "StridedSlice", "Slice", "Split", "VariadicSplit", "Transpose",
+                       "ShuffleChannels"})
 
 
 @dataclass
@@ -183,3 +184,25 @@ def test_int8_refuses_a_missing_or_foreign_recipe(tmp_path: Path) -> None:
     with pytest.raises(ExportError, match="derived for profile 'trt', not 'openvino'"):
         get_target("openvino-int8").export(ExportJob(graphs={case.role: case.graph}, input_spec=case.spec,
                                                      recipes={case.role: trt}), tmp_path)
+
+
+def test_strided_channel_halves_reach_openvino_as_a_shuffle(tmp_path: Path) -> None:
+    """fuse_channel_shuffle's even/odd Slices become Reshape/Transpose/Reshape + Split: the same numbers, and
+    OpenVINO's ShuffleChannels + VariadicSplit instead of channel-strided StridedSlices (2.4x slower INT8 IR)."""
+    import onnxruntime as ort
+
+    from edgekit.exporters.openvino import onnx_to_openvino, strided_halves_to_shuffle
+
+    graph = get_case("classifier").graph
+    slices = sum(n.op_type == "Slice" for n in graph.graph.node)
+    rewritten = strided_halves_to_shuffle(graph)
+    onnx.checker.check_model(rewritten)
+    assert slices > 0 and not any(n.op_type == "Slice" for n in rewritten.graph.node)
+    assert sum(n.op_type == "Split" for n in rewritten.graph.node) == slices // 2
+    x = {graph.graph.input[0].name: np.random.default_rng(0).standard_normal(
+        [d.dim_value for d in graph.graph.input[0].type.tensor_type.shape.dim]).astype(np.float32)}
+    before = ort.InferenceSession(graph.SerializeToString()).run(None, x)
+    after = ort.InferenceSession(rewritten.SerializeToString()).run(None, x)
+    assert all(np.array_equal(a, b) for a, b in zip(before, after))
+    ops = {n.get_type_name() for n in onnx_to_openvino(graph).get_ops()}
+    assert "ShuffleChannels" in ops and "StridedSlice" not in ops and "Slice" not in ops
