@@ -35,6 +35,7 @@ BARS = [
     ("thundernet-snet49", "det-val", "map50", 0.50),
     ("dfanet-b", "seg-val", "miou", 0.75),
     ("bisenet", "seg-val", "miou", 0.75),
+    ("lpsnet-s", "seg-val", "miou", 0.75),
 ]
 
 
