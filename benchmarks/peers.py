@@ -398,7 +398,6 @@ def gemm_peak(dtype: str, threads: int, n: int = 1024) -> dict[str, Any]:
         a, b = torch.randn(n, n), torch.randn(n, n)
         run: Callable[[], Any] = lambda: torch.mm(a, b)  # noqa: E731
     else:
-        import onnx
         import onnxruntime as ort
         from onnx import TensorProto, helper
 
@@ -413,7 +412,6 @@ def gemm_peak(dtype: str, threads: int, n: int = 1024) -> dict[str, Any]:
         session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
         feeds = {"a": rng.integers(0, 255, (n, n), dtype=np.uint8), "b": rng.integers(-127, 127, (n, n), dtype=np.int8)}
         run = lambda: session.run(None, feeds)  # noqa: E731
-        assert onnx is not None
     timed = time_calls(run, 20, 1.0)
     return {"gmacs": round(n**3 / (timed["p50_ms"] * 1e-3) / 1e9, 2), "n": n, **timed}
 

@@ -136,15 +136,14 @@ class ExportOptions:
 
         if self.calib_samples < 1:
             raise ExportError(f"calib_samples must be >= 1, got {self.calib_samples}.")
-        from edgekit.precision.observer_choice import AUTO_OBSERVER
+        from edgekit.precision.observer_choice import AUTO_OBSERVER, NEEDS_EVALUATION
 
         choices = (*OBSERVERS, AUTO_OBSERVER)
         if self.observer not in choices:
             raise ExportError(f"unknown observer '{self.observer}'; choose one of: {', '.join(choices)}."
                               f"{suggest(self.observer, choices)}")
         if self.observer == AUTO_OBSERVER and self.eval_data is None:
-            raise ExportError("--observer auto picks the observer with the smaller drop on evaluation images; pass "
-                              "--eval-data DIR (the --calib-data folder itself is split when it is the same folder).")
+            raise ExportError(NEEDS_EVALUATION)
         if not 0.0 < self.percentile <= 100.0:
             raise ExportError(f"percentile must be in (0, 100], got {self.percentile}.")
         if not self.max_drop >= 0.0:
@@ -295,9 +294,9 @@ def export(
 
             settings = CalibrationSettings(profile=str(tgt.spec.quant_profile), observer=opts.observer,
                                            percentile=opts.percentile, repairs=opts.repairs, progress=opts.progress)
-            if opts.observer == "auto":
-                from edgekit.precision.observer_choice import quantize_best_observer
+            from edgekit.precision.observer_choice import AUTO_OBSERVER, quantize_best_observer
 
+            if opts.observer == AUTO_OBSERVER:
                 quantized = quantize_best_observer(plan, spec, split, settings, source.task, labels)
             else:
                 quantized = quantize_graphs(plan.graphs, spec, plan.postprocess, split, settings)

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 
 AUTO_OBSERVER = "auto"
 CANDIDATES: tuple[str, ...] = ("mse", "entropy")
+NEEDS_EVALUATION = ("--observer auto picks the observer with the smaller drop on evaluation images; pass --eval-data "
+                    "DIR (the --calib-data folder itself is split when it is the same folder).")
 
 
 def quantize_best_observer(plan: Any, spec: InputSpec, split: DataSplit, settings: CalibrationSettings, task: str,
@@ -48,8 +50,7 @@ def quantize_best_observer(plan: Any, spec: InputSpec, split: DataSplit, setting
     from edgekit.quantize import quantize_graphs
 
     if split.evaluation is None:
-        raise ExportError("--observer auto picks the observer with the smaller drop on evaluation images; pass "
-                          "--eval-data DIR (or the --calib-data folder itself, which is then split).")
+        raise ExportError(NEEDS_EVALUATION)
     scorer = None
     tried: list[dict[str, Any]] = []
     best: tuple[QuantizedGraphs, float] | None = None
